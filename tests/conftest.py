@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("FREQD_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder laid out like ../shared/data (FREQD_DATA_DIR in CI)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found: {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(shared_data) -> Path:
+    return shared_data / "tiny"
