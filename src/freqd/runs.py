@@ -1,0 +1,197 @@
+"""Runs: resolving a run's configuration, its directory, and loading it back.
+
+A run directory holds::
+
+    config.yaml     the fully resolved configuration (command line > file > preset > defaults)
+    checkpoint.pt   last state, for --resume (atomic)
+    best.pt         best validation model (atomic)
+    history.csv     per-epoch loss, validation metrics and timings
+    train.log       the log
+    metrics.json    protocol, best_epoch, epochs_run, seconds_per_epoch, eval_seconds, valid, test
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from .config import ConfigError, dump_yaml, from_dict, load_yaml, merge, to_dict
+from .errors import CheckpointError, FreqdError
+
+log = logging.getLogger("freqd")
+
+#: presets shipped with the package (configs/ at the repository root links here)
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+TOP_KEYS = ("kind", "dataset", "data_dir", "data", "backbone", "role", "model", "train",
+            "method", "teacher")
+
+DATASET_ALIASES = {"citeulike": "citeulike-t", "yelp": "yelp2018"}
+
+
+def canonical_dataset(name: str) -> str:
+    return DATASET_ALIASES.get(name, name)
+
+
+def _preset(path: Path) -> dict:
+    return load_yaml(path) if path.is_file() else {}
+
+
+def preset_for(dataset: str, backbone: str, role: str, method: Optional[str] = None) -> dict:
+    """The authors' settings for (dataset, backbone, role[, method]), {} where none exist."""
+    ds = canonical_dataset(Path(dataset).name if os.sep in dataset else dataset)
+    base = _preset(PRESET_DIR / ds / f"{backbone}.yaml")
+    out = dict(base.get("common", {}))
+    out = merge(out, base.get(role, {}))
+    if method:
+        m = _preset(PRESET_DIR / "methods" / ds / backbone / f"{method}.yaml")
+        out = merge(out, m)
+    return out
+
+
+def _check_top(d: Mapping, where: str) -> None:
+    import difflib
+
+    for k in d:
+        if k not in TOP_KEYS:
+            close = difflib.get_close_matches(k, TOP_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown option {k!r}{where}{hint}; valid top-level options: {', '.join(TOP_KEYS)}")
+
+
+def resolve_config(
+    kind: str,
+    dataset: str,
+    backbone: Optional[str] = None,
+    dim: Optional[int] = None,
+    method: Optional[str] = None,
+    teacher: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    flags: Optional[Mapping[str, Any]] = None,
+    role: Optional[str] = None,
+) -> dict:
+    """Resolve and validate a run's configuration; returns the plain nested dict saved in
+    config.yaml. Layers, lowest first: defaults < preset < ``config_file`` < ``flags``
+    (named command-line options) < ``overrides`` (``key=value``)."""
+    from .data.load import DataConfig
+    from .models.registry import backbone_config
+    from .train.config import TrainConfig
+
+    over = dict(overrides or {})
+    _check_top(over, " on the command line")
+    filecfg = load_yaml(config_file) if config_file else {}
+    _check_top(filecfg, f" in {config_file}")
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+
+    user = merge(merge(filecfg, flags), over)
+    backbone = user.get("backbone") or backbone or "mf"
+    if dim is not None:
+        user = merge(user, {"model": {"dim": dim}})
+    method_sec = user.get("method") if isinstance(user.get("method"), Mapping) else {}
+    method = (method_sec or {}).get("name") or method
+    if kind == "distill" and not method:
+        raise ConfigError("option '--method' is required for distill")
+    if role is None:
+        role = user.get("role") or ("student" if kind == "distill" else None)
+    if role is None:
+        # a run is a student when its dimension is the preset student's (20), else a teacher
+        sdim = preset_for(dataset, backbone, "student").get("model", {}).get("dim", 20)
+        udim = user.get("model", {}).get("dim")
+        role = "student" if udim is not None and int(udim) == int(sdim) else "teacher"
+    if role not in ("teacher", "student"):
+        raise ConfigError(f"option 'role': expected teacher or student, got {role!r}")
+
+    preset = preset_for(dataset, backbone, role, method if kind == "distill" else None)
+    full = merge(preset, user)
+    full["kind"] = kind
+    full["dataset"] = dataset
+    full["backbone"] = backbone
+    full["role"] = role
+    if teacher is not None:
+        full["teacher"] = str(teacher)
+    _check_top(full, "")
+
+    out: dict = {"kind": kind, "dataset": dataset, "data_dir": full.get("data_dir"),
+                 "backbone": backbone, "role": role}
+    out["data"] = to_dict(from_dict(DataConfig, full.get("data"), prefix="data."))
+    try:
+        out["model"] = to_dict(backbone_config(backbone, full.get("model") or {}))
+    except ConfigError:
+        raise
+    out["train"] = to_dict(from_dict(TrainConfig, full.get("train"), prefix="train."))
+    if kind == "distill":
+        from .distill.registry import method_config
+
+        msec = dict(full.get("method") or {})
+        msec.pop("name", None)
+        mcfg = method_config(method, msec)
+        out["method"] = {"name": method, **to_dict(mcfg)}
+        if not full.get("teacher"):
+            raise ConfigError("option '--teacher' is required for distill (a teacher run directory)")
+        out["teacher"] = str(full["teacher"])
+    elif full.get("method"):
+        raise ConfigError("option 'method' only applies to 'freqd distill'")
+    return out
+
+
+def typed(cfg: dict):
+    """Typed config objects (data, model, train, method) of a resolved config dict."""
+    from .data.load import DataConfig
+    from .models.registry import backbone_config
+    from .train.config import TrainConfig
+
+    data = from_dict(DataConfig, cfg.get("data"), prefix="data.")
+    model = backbone_config(cfg["backbone"], cfg["model"])
+    train = from_dict(TrainConfig, cfg["train"], prefix="train.")
+    method = None
+    if cfg.get("method"):
+        from .distill.registry import method_config
+
+        m = dict(cfg["method"])
+        name = m.pop("name")
+        method = (name, method_config(name, m))
+    return data, model, train, method
+
+
+# -- run directories ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on RUN_DIR: a second run pointed at the same folder refuses."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / ".lock"
+    fh = open(lock_path, "a+")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - Windows: no locking
+            pass
+        except OSError:
+            raise FreqdError(f"{run_dir}: another freqd process is using this run directory") from None
+        yield
+    finally:
+        fh.close()
+
+
+def read_run_config(run_dir: Path) -> dict:
+    p = Path(run_dir) / "config.yaml"
+    if not p.is_file():
+        raise CheckpointError(f"{run_dir}: not a freqd run directory (no config.yaml)")
+    return load_yaml(p)
+
+
+def write_run_config(run_dir: Path, cfg: dict) -> None:
+    from .utils.atomic import write_text
+
+    write_text(Path(run_dir) / "config.yaml", dump_yaml(cfg))
+
+
+def same_config(a: dict, b: dict) -> bool:
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("train",)} | {  # noqa: E731
+        "train": {k: v for k, v in c.get("train", {}).items() if k not in ("device", "progress", "threads", "eval_chunk")}}
+    return strip(copy.deepcopy(a)) == strip(copy.deepcopy(b))

@@ -1,0 +1,51 @@
+"""Training-loop settings (the same for teachers, students from scratch and distilled students)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Tuple
+
+from ..config import check
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000  #: maximum number of epochs
+    batch_size: int = 2048  #: training triples per step
+    lr: float = 1e-3  #: Adam learning rate
+    weight_decay: float = 1e-3  #: Adam weight decay on all trainable parameters
+    optimizer: Literal["adam", "sparse_adam"] = "adam"
+    #: "sparse_adam": lazy Adam on sparse embedding gradients (MF only; no weight decay)
+    eval_every: int = 1  #: evaluate on validation every N epochs
+    patience: int = 30  #: stop after this many evaluations without improvement
+    monitor: str = "ndcg@10"  #: validation metric for early stopping / best checkpoint
+    ks: Tuple[int, ...] = (10, 20, 50)  #: cut-offs of every reported metric
+    protocol: Literal["standard", "paper"] = "standard"  #: masking protocol (PROTOCOL.md)
+    seed: int = 0  #: seeds torch, numpy and the negative sampler
+    device: str = "cpu"  #: "cpu", "cuda" or "cuda:N"
+    eval_chunk: Optional[int] = None  #: users per evaluation chunk (None = from a memory budget)
+    save_every: int = 0  #: also keep trajectory/epoch_XXXX.pt every N epochs (0 = off; HetComp)
+    threads: Optional[int] = None  #: torch intra-op threads (None = torch default)
+    progress: bool = True  #: show a progress bar
+
+    def __post_init__(self):
+        check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.eval_every >= 1, "train.eval_every", f"must be >= 1, got {self.eval_every}")
+        check(self.patience >= 1, "train.patience", f"must be >= 1, got {self.patience}")
+        check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "train.ks",
+              f"must be positive integers, got {self.ks}")
+        self.ks = tuple(sorted(set(int(k) for k in self.ks)))
+        name, _, k = self.monitor.partition("@")
+        check(name in ("recall", "ndcg", "precision", "hitrate", "mrr") and k.isdigit(),
+              "train.monitor", f"expected e.g. 'ndcg@10', got {self.monitor!r}")
+        check(int(k) in self.ks, "train.monitor",
+              f"cut-off {k} of {self.monitor!r} is not in train.ks={list(self.ks)}")
+        check(self.save_every >= 0, "train.save_every", f"must be >= 0, got {self.save_every}")
+        check(self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
+              "train.device", f"expected cpu, cuda or cuda:N, got {self.device!r}")
+        check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
+        if self.optimizer == "sparse_adam":
+            check(self.weight_decay == 0, "train.optimizer",
+                  "sparse_adam applies no weight decay: set train.weight_decay=0 explicitly")

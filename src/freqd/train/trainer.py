@@ -1,0 +1,377 @@
+"""The training loop: one loop for teachers, students from scratch and distilled students.
+
+Per epoch: shuffle the training pairs, sample uniform negatives (excluding positives),
+step Adam on ``base loss + weight * KD loss``; evaluate on validation every
+``eval_every`` epochs; keep the best checkpoint by the monitored metric; stop after
+``patience`` evaluations without improvement; at the end evaluate the best model on test.
+
+Everything needed to continue is checkpointed atomically at every evaluation
+(``checkpoint.pt``: model, distiller, optimizer, RNG and sampler states, history), so an
+interrupted run resumed with ``resume=True`` ends with exactly the metrics of an
+uninterrupted one (CPU).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..data.dataset import Dataset
+from ..errors import CheckpointError, FreqdError
+from ..models.base import Recommender
+from ..utils.atomic import torch_save, write_json, write_text
+from .config import TrainConfig
+
+log = logging.getLogger("freqd")
+
+CKPT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FreqdError(f"option 'train.device': {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+@dataclass
+class History:
+    rows: List[dict] = field(default_factory=list)
+
+    def csv(self) -> str:
+        if not self.rows:
+            return ""
+        keys: List[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        lines = [",".join(keys)]
+        for r in self.rows:
+            lines.append(",".join("" if r.get(k) is None else f"{r[k]:.6g}" if isinstance(r.get(k), float) else str(r[k]) for k in keys))
+        return "\n".join(lines) + "\n"
+
+
+class Trainer:
+    """Fit ``model`` on ``dataset`` (optionally with a ``distiller``), writing to ``out_dir``."""
+
+    def __init__(
+        self,
+        model: Recommender,
+        dataset: Dataset,
+        cfg: TrainConfig,
+        out_dir: Optional[Path] = None,
+        distiller=None,
+        kd_weight: float = 0.0,
+        extra_metrics: Optional[dict] = None,
+        on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+    ):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.distiller = distiller
+        self.kd_weight = float(kd_weight)
+        if distiller is not None:
+            distiller.to(self.device)
+            distiller.teacher.to(self.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.extra_metrics = extra_metrics or {}
+        self.on_epoch_end = on_epoch_end
+        params = list(self.model.parameters())
+        if distiller is not None:
+            params += [p for p in distiller.parameters() if p.requires_grad]
+        if cfg.optimizer == "sparse_adam":
+            dense = [p for p in params if not getattr(self.model, "sparse_grad", False) or p not in set(self.model.parameters())]
+            self.optimizer = torch.optim.SparseAdam(params, lr=cfg.lr) if not dense else _MixedAdam(self.model, params, cfg.lr)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        from ..data.sampling import TrainSampler
+
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.sampler = TrainSampler(dataset.train, batch_size=cfg.batch_size, n_neg=model.n_neg, generator=self.gen)
+        self.epoch = 0
+        self.best: Optional[dict] = None  # {"epoch", "valid"}
+        self.bad_evals = 0
+        self.history = History()
+        self.train_seconds: List[float] = []
+        self.eval_seconds: List[float] = []
+        self.stopped_early = False
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str) -> Dict[str, float]:
+        from ..eval.evaluator import evaluate
+
+        self.model.eval()
+        reps = self.model.propagate()
+        res = evaluate(
+            lambda users: self.model.score(users, reps),
+            self.dataset,
+            split=split,
+            protocol=self.cfg.protocol,
+            ks=self.cfg.ks,
+            chunk_size=self.cfg.eval_chunk,
+            device=self.device,
+        )
+        self.model.train()
+        return res
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _state(self) -> dict:
+        st = {
+            "format": 1,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "history": self.history.rows,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": _np_state(),
+                "python": repr(random.getstate()),
+                "sampler": self.gen.get_state(),
+            },
+            "fingerprint": self.dataset.fingerprint(),
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            st["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.distiller is not None:
+            st["distiller"] = self.distiller.state_dict()
+            st["distiller_extra"] = self.distiller.extra_state()
+        return st
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        torch_save(self._state(), self.out_dir / CKPT)
+
+    def load_checkpoint(self, path: Path) -> None:
+        st = load_checkpoint_file(path)
+        if st.get("fingerprint") != self.dataset.fingerprint():
+            raise CheckpointError(f"{path}: checkpoint was trained on different data (dataset fingerprint mismatch)")
+        try:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            if self.distiller is not None:
+                self.distiller.load_state_dict(st["distiller"])
+                self.distiller.load_extra_state(st.get("distiller_extra", {}))
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: does not match this model/config ({str(e).splitlines()[0]})") from None
+        self.epoch = int(st["epoch"])
+        self.best = st["best"]
+        self.bad_evals = int(st["bad_evals"])
+        self.history.rows = list(st["history"])
+        self.train_seconds = list(st["train_seconds"])
+        self.eval_seconds = list(st["eval_seconds"])
+        rng = st["rng"]
+        torch.set_rng_state(rng["torch"])
+        _np_set_state(rng["numpy"])
+        random.setstate(eval(rng["python"], {"__builtins__": {}}))  # tuple of ints only
+        self.gen.set_state(rng["sampler"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if resume and self.out_dir is not None and (self.out_dir / CKPT).exists():
+            self.load_checkpoint(self.out_dir / CKPT)
+            log.info("resumed from %s at epoch %d", self.out_dir / CKPT, self.epoch)
+        else:
+            seed_everything(cfg.seed)
+            self.gen.manual_seed(cfg.seed)
+        self.model.train()
+        if self.distiller is not None:
+            self.distiller.train()
+        n_batches = self.sampler.n_batches
+        while self.epoch < cfg.epochs and not self._should_stop():
+            epoch = self.epoch + 1
+            if self.distiller is not None:
+                self.distiller.on_epoch_start(epoch)
+            t0 = time.perf_counter()
+            sums: Dict[str, float] = {}
+            bar = _progress(n_batches, f"epoch {epoch}", cfg.progress)
+            for batch in self.sampler.epoch():
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                parts = self.step(batch)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(1)
+                    el = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{parts['loss']:.4g}", it_s=f"{bar.n * cfg.batch_size / max(el, 1e-9):.0f}/s", refresh=False)
+            if bar is not None:
+                bar.close()
+            dt = time.perf_counter() - t0
+            self.train_seconds.append(dt)
+            self.epoch = epoch
+            row = {"epoch": epoch, "train_seconds": dt}
+            row.update({k: v / n_batches for k, v in sums.items()})
+            if not math.isfinite(row["loss"]):
+                raise FreqdError(f"training diverged at epoch {epoch}: loss is {row['loss']} (lower train.lr or the method weight)")
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                t1 = time.perf_counter()
+                valid = self.evaluate("valid")
+                self.eval_seconds.append(time.perf_counter() - t1)
+                row.update({f"valid_{k}": v for k, v in valid.items() if "@" in k})
+                self._update_best(epoch, valid)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(epoch, row)
+                self.history.rows.append(row)
+                self.save_checkpoint()
+                self._write_history()
+                log.info("epoch %d  loss %.4f  valid %s %.5f  best %.5f@%d  (%.1fs train, %.1fs eval)",
+                         epoch, row["loss"], cfg.monitor, valid.get(cfg.monitor, float("nan")),
+                         self.best["valid"][cfg.monitor], self.best["epoch"], dt, self.eval_seconds[-1])
+            else:
+                self.history.rows.append(row)
+                log.info("epoch %d  loss %.4f  (%.1fs)", epoch, row["loss"], dt)
+        return self.finish()
+
+    def _should_stop(self) -> bool:
+        if self.bad_evals >= self.cfg.patience:
+            self.stopped_early = True
+            return True
+        return False
+
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        reps = self.model.propagate()
+        out = self.model.loss(batch, reps)
+        total = out["loss"]
+        parts = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+        if self.distiller is not None:
+            kd = self.distiller.loss(batch, reps)
+            total = total + self.kd_weight * kd["loss"]
+            parts["kd"] = float(kd["loss"].detach())
+            parts.update({f"kd_{k}": float(v.detach()) for k, v in kd.items() if k != "loss" and torch.is_tensor(v) and v.dim() == 0})
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        parts["loss"] = float(total.detach())
+        return parts
+
+    def _update_best(self, epoch: int, valid: dict) -> None:
+        m = self.cfg.monitor
+        score = valid.get(m, float("-inf"))
+        if self.best is None or score > self.best["valid"][m]:
+            self.best = {"epoch": epoch, "valid": valid}
+            self.bad_evals = 0
+            if self.out_dir is not None:
+                torch_save({"model": self.model.state_dict(), "epoch": epoch,
+                            "fingerprint": self.dataset.fingerprint()}, self.out_dir / BEST)
+            else:
+                self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        if self.cfg.save_every and epoch % self.cfg.save_every == 0 and self.out_dir is not None:
+            torch_save({"model": self.model.state_dict(), "epoch": epoch},
+                       self.out_dir / "trajectory" / f"epoch_{epoch:04d}.pt")
+
+    def _write_history(self) -> None:
+        if self.out_dir is not None:
+            write_text(self.out_dir / "history.csv", self.history.csv())
+
+    def finish(self) -> dict:
+        """Load the best model, evaluate it on test, write metrics.json."""
+        if self.best is None:  # no evaluation happened (e.g. epochs < eval_every): evaluate now
+            self._update_best(self.epoch, self.evaluate("valid"))
+        if self.out_dir is not None:
+            st = load_checkpoint_file(self.out_dir / BEST)
+            self.model.load_state_dict(st["model"])
+        else:
+            self.model.load_state_dict(self._best_state)
+        t1 = time.perf_counter()
+        test = self.evaluate("test")
+        test_eval = time.perf_counter() - t1
+        evals = self.eval_seconds or [test_eval]
+        metrics = {
+            "protocol": self.cfg.protocol,
+            "best_epoch": self.best["epoch"],
+            "epochs_run": self.epoch,
+            "stopped_early": self.stopped_early,
+            "seconds_per_epoch": float(np.mean(self.train_seconds)) if self.train_seconds else 0.0,
+            "eval_seconds": float(np.mean(evals)),
+            "valid": {k: v for k, v in self.best["valid"].items()},
+            "test": test,
+        }
+        metrics.update(self.extra_metrics)
+        if self.out_dir is not None:
+            write_json(self.out_dir / "metrics.json", metrics)
+            if self.cfg.save_every:
+                torch_save({"model": self.model.state_dict(), "epoch": self.best["epoch"]},
+                           self.out_dir / "trajectory" / "best.pt")
+        log.info("best epoch %d: test %s", self.best["epoch"],
+                 "  ".join(f"{k} {v:.5f}" for k, v in test.items() if k.split("@")[0] in ("recall", "ndcg") and isinstance(v, float)))
+        return metrics
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / corrupt / not a torch file
+        raise CheckpointError(f"{path}: not a valid checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _np_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _np_set_state(st) -> None:
+    np.random.set_state(("MT19937", st["keys"].numpy().astype(np.uint32), st["pos"], st["has_gauss"], st["cached"]))
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or os.environ.get("FREQD_NO_PROGRESS"):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="batch", mininterval=0.5, dynamic_ncols=True)
+
+
+class _MixedAdam(torch.optim.Optimizer):
+    """SparseAdam for the sparse embedding tables + Adam for every other parameter."""
+
+    def __init__(self, model, params, lr):
+        sparse = [p for p in model.parameters()]
+        ids = {id(p) for p in sparse}
+        dense = [p for p in params if id(p) not in ids]
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
+        self.dense = torch.optim.Adam(dense, lr=lr)
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure=None):
+        self.sparse.step()
+        self.dense.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.sparse.zero_grad(set_to_none)
+        self.dense.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {"sparse": self.sparse.state_dict(), "dense": self.dense.state_dict()}
+
+    def load_state_dict(self, st):
+        self.sparse.load_state_dict(st["sparse"])
+        self.dense.load_state_dict(st["dense"])
