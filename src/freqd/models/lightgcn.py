@@ -1,0 +1,138 @@
+"""LightGCN (He et al., SIGIR 2020): linear propagation over the normalised bipartite graph.
+
+``E_0 = [E_users; E_items]``, ``E_{l+1} = Â E_l`` with ``Â = D^-1/2 A D^-1/2`` the
+symmetrically normalised adjacency of the user-item graph (``n_users + n_items`` nodes,
+no self loops), and the final representation is the mean over layers ``0..L``. ``Â`` is
+built once with scipy and kept as a torch sparse CSR tensor (never densified); one
+training step costs ``L`` sparse products forward and ``L`` backward.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from ..config import check
+from .base import Recommender, Reps
+from .mf import bpr_loss
+
+__all__ = ["LightGCN", "LightGCNConfig", "normalized_adjacency", "sym_spmm", "to_torch_csr"]
+
+
+@dataclass
+class LightGCNConfig:
+    """LightGCN settings. Teachers: ``dim`` 2000 / 3 layers (CiteULike-t), 2000 / 4
+    (Gowalla), 1000 / 3 (Yelp); students: ``dim`` 20 with the teacher's number of layers."""
+
+    #: embedding dimension of the user and item (ego) tables
+    dim: int = 20
+    #: propagation layers L; the output is the mean of layers 0..L (0 = plain MF)
+    n_layers: int = 3
+    #: std of the N(0, std^2) initialisation of both tables (authors: 0.1)
+    init_std: float = 0.1
+
+    def __post_init__(self):
+        check(self.dim >= 1, "dim", f"must be >= 1, got {self.dim}")
+        check(self.n_layers >= 0, "n_layers", f"must be >= 0, got {self.n_layers}")
+        check(self.init_std > 0, "init_std", f"must be > 0, got {self.init_std}")
+
+
+def normalized_adjacency(train) -> sp.csr_matrix:
+    """``D^-1/2 A D^-1/2`` of the bipartite graph of ``train`` (users first, then items),
+    float32 CSR with sorted indices. Isolated nodes get zero rows and columns."""
+    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    du = np.asarray(r.sum(axis=1)).ravel()
+    di = np.asarray(r.sum(axis=0)).ravel()
+    with np.errstate(divide="ignore"):
+        su = np.where(du > 0, 1.0 / np.sqrt(du), 0.0).astype(np.float32)
+        si = np.where(di > 0, 1.0 / np.sqrt(di), 0.0).astype(np.float32)
+    rn = sp.diags(su) @ r @ sp.diags(si)
+    a = sp.bmat([[None, rn], [rn.T, None]], format="csr", dtype=np.float32)
+    a.sort_indices()
+    return a
+
+
+def to_torch_csr(m: sp.csr_matrix, dtype: torch.dtype = torch.float32) -> Tensor:
+    """scipy CSR -> torch sparse CSR tensor (CPU)."""
+    m = sp.csr_matrix(m)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.data).to(dtype),
+            size=m.shape,
+            check_invariants=False,
+        )
+
+
+class _SymSpMM(torch.autograd.Function):
+    """``A @ X`` for a *symmetric* sparse ``A``: the backward is ``A @ grad`` (no transpose)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, x: Tensor) -> Tensor:
+        ctx.a = a
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, torch.sparse.mm(ctx.a, grad.contiguous())
+
+
+def sym_spmm(a: Tensor, x: Tensor) -> Tensor:
+    """Differentiable product of a symmetric sparse matrix (no gradient) and a dense one."""
+    return _SymSpMM.apply(a, x)
+
+
+class LightGCN(Recommender):
+    """LightGCN with BPR loss on the layer-averaged representations.
+
+    The graph is a non-persistent buffer ``graph`` (moved by ``.to()``, not saved in the
+    state dict: it is rebuilt from the training matrix). Weight decay is left to the
+    optimizer (the authors' ``weight_decay`` in PROTOCOL.md); there is no extra L2 term.
+    ``features("embedding")`` are the ego tables, ``features("final")`` the propagated
+    representations.
+    """
+
+    name = "lightgcn"
+    n_neg = 1
+
+    def __init__(self, n_users: int, n_items: int, cfg: LightGCNConfig | None = None, train=None):
+        cfg = cfg if cfg is not None else LightGCNConfig()
+        super().__init__(n_users, n_items, cfg.dim)
+        if train is None:
+            raise ValueError("LightGCN needs the training matrix to build its graph")
+        if tuple(train.shape) != (self.n_users, self.n_items):
+            raise ValueError(f"training matrix has shape {tuple(train.shape)}, "
+                             f"expected ({self.n_users}, {self.n_items})")
+        self.cfg = cfg
+        self.n_layers = int(cfg.n_layers)
+        self.user_emb = nn.Embedding(self.n_users, cfg.dim)
+        self.item_emb = nn.Embedding(self.n_items, cfg.dim)
+        nn.init.normal_(self.user_emb.weight, std=cfg.init_std)
+        nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
+        self.register_buffer("graph", to_torch_csr(normalized_adjacency(train)), persistent=False)
+
+    def propagate(self) -> Reps:
+        """Mean of ``E_0 .. E_L`` split into (users, items); one sparse product per layer."""
+        e = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
+        acc = e
+        for _ in range(self.n_layers):
+            e = sym_spmm(self.graph, e)
+            acc = acc + e
+        if self.n_layers:
+            acc = acc / (self.n_layers + 1)
+        return acc[: self.n_users], acc[self.n_users:]
+
+    def loss(self, batch: dict[str, Tensor], reps: Reps) -> dict[str, Tensor]:
+        """BPR loss on the final representations: keys ``"loss"`` and ``"bpr"``."""
+        pos = self.pair_scores(batch["users"], batch["pos"], reps)
+        neg = self.pair_scores(batch["users"], batch["neg"], reps)
+        bpr = bpr_loss(pos, neg)
+        return {"loss": bpr, "bpr": bpr.detach()}
