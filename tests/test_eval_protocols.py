@@ -261,7 +261,20 @@ def test_write_recommendations(tmp_path, capsys):
     assert path.read_text() == "0\t3,4\n3\t1\n"
     assert [p.name for p in path.parent.iterdir()] == ["recs.tsv"]  # no temp file left
     buf = io.StringIO()
-    write_recommendations(buf, users, items, user_ids=["a", "b", "c", "d"], item_ids=np.arange(6) * 10)
+    write_recommendations(
+        buf, users, items, user_ids=["a", "b", "c", "d"], item_ids=np.arange(6) * 10
+    )
     assert buf.getvalue() == "a\t30,40\nd\t10\n"
     write_recommendations("-", users[:1], items[:1])
     assert capsys.readouterr().out == "0\t3,4\n"
+
+
+def test_masked_items_never_count_as_hits():
+    # overlapping splits (user data can have them): item 0 is both a train and a test item.
+    # 3 items, K = 3: ranking [2 (.1), 0 (-inf, masked), 1 (-inf, masked)], gt {0, 2}
+    ds = Dataset.from_pairs(
+        "overlap", _pairs([[0, 1]]), _pairs([[]]), _pairs([[0, 2]]), n_users=1, n_items=3
+    )
+    got = evaluate(lambda u: torch.tensor([[0.9, 0.5, 0.1]]), ds, "test", ks=(3,))
+    assert got["recall@3"] == pytest.approx(0.5)  # 1 hit (item 2) / |gt| = 2
+    assert got["mrr@3"] == pytest.approx(1.0)
