@@ -20,7 +20,15 @@ from ..config import check
 from .base import Recommender, Reps
 from .mf import bpr_loss
 
-__all__ = ["LightGCN", "LightGCNConfig", "normalized_adjacency", "sym_spmm", "to_torch_csr"]
+__all__ = [
+    "LightGCN",
+    "LightGCNConfig",
+    "csr_buffer",
+    "normalized_adjacency",
+    "register_csr",
+    "sym_spmm",
+    "to_torch_csr",
+]
 
 
 @dataclass
@@ -58,18 +66,37 @@ def normalized_adjacency(train) -> sp.csr_matrix:
     return a
 
 
+def _csr_tensor(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, col, val, size=shape, check_invariants=False)
+
+
 def to_torch_csr(m: sp.csr_matrix, dtype: torch.dtype = torch.float32) -> Tensor:
     """scipy CSR -> torch sparse CSR tensor (CPU)."""
     m = sp.csr_matrix(m)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(m.indptr.astype(np.int64)),
-            torch.from_numpy(m.indices.astype(np.int64)),
-            torch.from_numpy(m.data).to(dtype),
-            size=m.shape,
-            check_invariants=False,
-        )
+    return _csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                       torch.from_numpy(m.indices.astype(np.int64)),
+                       torch.from_numpy(m.data).to(dtype), m.shape)
+
+
+def register_csr(module: nn.Module, name: str, m: sp.csr_matrix) -> None:
+    """Keep a fixed sparse matrix on ``module`` as three non-persistent dense buffers
+    (``{name}_crow``, ``{name}_col``, ``{name}_val``): ``.to()`` / ``.double()`` move them,
+    ``copy.deepcopy`` works (it does not for sparse CSR tensors) and the state dict stays
+    free of data-derived tensors. Read it back with :func:`csr_buffer`."""
+    m = sp.csr_matrix(m)
+    module.register_buffer(f"{name}_crow", torch.from_numpy(m.indptr.astype(np.int64)), persistent=False)
+    module.register_buffer(f"{name}_col", torch.from_numpy(m.indices.astype(np.int64)), persistent=False)
+    module.register_buffer(f"{name}_val", torch.from_numpy(m.data.astype(np.float32)), persistent=False)
+    setattr(module, f"_{name}_shape", (int(m.shape[0]), int(m.shape[1])))
+
+
+def csr_buffer(module: nn.Module, name: str) -> Tensor:
+    """The torch sparse CSR tensor over the buffers made by :func:`register_csr` (a view,
+    no copy), on the buffers' device and dtype."""
+    return _csr_tensor(getattr(module, f"{name}_crow"), getattr(module, f"{name}_col"),
+                       getattr(module, f"{name}_val"), getattr(module, f"_{name}_shape"))
 
 
 class _SymSpMM(torch.autograd.Function):
@@ -93,8 +120,8 @@ def sym_spmm(a: Tensor, x: Tensor) -> Tensor:
 class LightGCN(Recommender):
     """LightGCN with BPR loss on the layer-averaged representations.
 
-    The graph is a non-persistent buffer ``graph`` (moved by ``.to()``, not saved in the
-    state dict: it is rebuilt from the training matrix). Weight decay is left to the
+    The graph ``graph`` is held in non-persistent buffers (moved by ``.to()``, not saved in
+    the state dict: it is rebuilt from the training matrix). Weight decay is left to the
     optimizer (the authors' ``weight_decay`` in PROTOCOL.md); there is no extra L2 term.
     ``features("embedding")`` are the ego tables, ``features("final")`` the propagated
     representations.
@@ -117,14 +144,20 @@ class LightGCN(Recommender):
         self.item_emb = nn.Embedding(self.n_items, cfg.dim)
         nn.init.normal_(self.user_emb.weight, std=cfg.init_std)
         nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
-        self.register_buffer("graph", to_torch_csr(normalized_adjacency(train)), persistent=False)
+        register_csr(self, "graph", normalized_adjacency(train))
+
+    @property
+    def graph(self) -> Tensor:
+        """The normalised adjacency ``Â`` as a torch sparse CSR tensor [n_nodes, n_nodes]."""
+        return csr_buffer(self, "graph")
 
     def propagate(self) -> Reps:
         """Mean of ``E_0 .. E_L`` split into (users, items); one sparse product per layer."""
         e = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
+        graph = self.graph if self.n_layers else None
         acc = e
         for _ in range(self.n_layers):
-            e = sym_spmm(self.graph, e)
+            e = sym_spmm(graph, e)
             acc = acc + e
         if self.n_layers:
             acc = acc / (self.n_layers + 1)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..config import check
 from .base import Recommender, Reps
-from .lightgcn import to_torch_csr
+from .lightgcn import csr_buffer, register_csr
 
 __all__ = ["SimpleX", "SimpleXConfig", "ccl_loss", "truncated_history"]
 
@@ -99,8 +99,8 @@ class SimpleX(Recommender):
     """SimpleX with a mean-aggregated history tower, cosine scores and the CCL loss.
 
     ``propagate()`` returns (user tower output for all users, item table); the history
-    mean is one sparse product with a row-normalised history matrix (non-persistent
-    buffer ``history``). ``features("embedding")`` are the ID tables.
+    mean is one sparse product with a row-normalised history matrix (held in
+    non-persistent buffers ``history_*``). ``features("embedding")`` are the ID tables.
     """
 
     name = "simplex"
@@ -124,7 +124,7 @@ class SimpleX(Recommender):
         self.history_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
         hist = truncated_history(train, cfg.history_len)
-        self.register_buffer("history", to_torch_csr(hist), persistent=False)
+        register_csr(self, "history", hist)
         self._hist_np = hist  # for the lazily built padded index (user_tower)
         self._padded: tuple[Tensor, Tensor] | None = None
 
@@ -135,7 +135,7 @@ class SimpleX(Recommender):
 
     def propagate(self) -> Reps:
         """(user tower output [n_users, d], item table [n_items, d])."""
-        h = torch.sparse.mm(self.history, self.item_emb.weight)
+        h = torch.sparse.mm(csr_buffer(self, "history"), self.item_emb.weight)
         return self._fuse(self.user_emb.weight, h), self.item_emb.weight
 
     def padded_history(self) -> tuple[Tensor, Tensor]:
