@@ -12,6 +12,7 @@ With the projector ``P s = [s0, s1, 0]``: user errors 2 and 5, item errors 1 and
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -274,3 +275,30 @@ class TestPHRContract(DistillerContract):
 class TestVkDContract(DistillerContract):
     method = "vkd"
     overrides: ClassVar[dict] = {}
+
+
+# -- presets ------------------------------------------------------------------------------
+PRESETS = Path(__file__).resolve().parents[1] / "src" / "freqd" / "configs" / "methods"
+MINE = ("fitnet", "de", "phr", "vkd", "htd")
+
+
+def test_presets_cover_the_authors_cells():
+    cells = {(p.parts[-3], p.parts[-2], p.stem) for p in PRESETS.glob("*/*/*.yaml")}
+    for ds in ("citeulike-t", "gowalla", "yelp2018"):
+        for bb in ("mf", "lightgcn", "simplex"):
+            assert {(ds, bb, "de"), (ds, bb, "htd")} <= cells
+    assert {("citeulike-t", "mf", "fitnet"), ("citeulike-t", "mf", "vkd")} <= cells
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for m in MINE for p in PRESETS.glob(f"*/*/{m}.yaml")),
+    ids=lambda p: "/".join(p.parts[-3:]))
+def test_preset_is_valid(path):
+    from freqd.config import from_dict, load_yaml
+    from freqd.train.config import TrainConfig
+
+    data = load_yaml(path)
+    assert set(data) <= {"method", "train"}
+    assert path.read_text().startswith("# Source:")
+    method_config(path.stem, data["method"])
+    from_dict(TrainConfig, data.get("train", {}), prefix="train.")
