@@ -196,8 +196,8 @@ def sha256_bytes(data: bytes) -> str:
 def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
     """Fetch ``url`` to ``dest`` atomically; verify its sha256 before it appears there."""
     h = hashlib.sha256()
-    try:
-        with atomic_path(dest, suffix=".part") as tmp:
+    with atomic_path(dest, suffix=".part") as tmp:
+        try:
             req = urllib.request.Request(url, headers={"User-Agent": "freqd"})
             with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
                 while True:
@@ -206,15 +206,15 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
                         break
                     h.update(chunk)
                     out.write(chunk)
-            if h.hexdigest() != sha256:
-                raise DataError(
-                    f"checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}; "
-                    "the file was not kept",
-                    str(dest),
-                )
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise _DownloadFailed(str(reason)) from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            # not an OSError any more, so atomic_path only cleans up and re-raises it
+            raise _DownloadFailed(str(getattr(e, "reason", None) or e)) from None
+        if h.hexdigest() != sha256:
+            raise DataError(
+                f"checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}; "
+                "the file was not kept",
+                str(dest),
+            )
     return dest
 
 
