@@ -233,6 +233,8 @@ class Trainer:
                 self.eval_seconds.append(time.perf_counter() - t1)
                 row.update({f"valid_{k}": v for k, v in valid.items() if "@" in k})
                 self._update_best(epoch, valid)
+                if self.distiller is not None and hasattr(self.distiller, "diagnostics"):
+                    row.update(self.distiller.diagnostics())
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(epoch, row)
                 self.history.rows.append(row)
