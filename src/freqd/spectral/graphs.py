@@ -64,6 +64,66 @@ def _row_chunks(cost: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
         lo = hi
 
 
+def _sort_by_row_score_col(
+    rows: np.ndarray, cols: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) ordered by row, then score descending, then col ascending.
+
+    Integer scores (co-occurrence counts) take a fast path: one ``np.sort`` of a packed int64
+    key ``(row, max - score, col)``, decoded afterwards (several times faster than a
+    three-key ``lexsort``). Other scores, or keys that would overflow, use ``lexsort``.
+    """
+    r0 = int(rows.min())
+    r_span = int(rows.max()) - r0 + 1
+    n_col = int(cols.max()) + 1
+    s = scores.astype(np.float64)
+    smax, smin = float(s.max()), float(s.min())
+    s_span = smax - smin + 1
+    if np.all(s == np.floor(s)) and float(r_span) * s_span * n_col < 2.0**62:
+        s_span_i = int(s_span)
+        key = (rows - r0) * s_span_i + (int(smax) - s.astype(np.int64))
+        key = key * n_col + cols
+        key.sort()
+        out_cols = key % n_col
+        key //= n_col
+        out_rows = key // s_span_i + r0
+        return out_rows, out_cols
+    order = np.lexsort((cols, -scores, rows))  # last key is the primary one
+    return rows[order], cols[order]
+
+
+def _topk_candidates(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of a superset of each row's top-``k`` entries (rows non-decreasing).
+
+    Finds, per row, the k-th largest score counting multiplicity (at most ``k`` passes of
+    "row max, then remove every entry equal to it", each O(entries), stopping early once
+    every row has ``k`` entries at or above its level) and keeps the entries scoring at
+    least that. Ties at the threshold all survive, so the exact tie-break is left to
+    :func:`_topk_per_row`; the sort then only sees the few candidates.
+    """
+    if len(rows) == 0:
+        return np.zeros(0, dtype=bool)
+    change = np.empty(len(rows), dtype=bool)
+    change[0] = True
+    np.not_equal(rows[1:], rows[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    seg = np.cumsum(change) - 1  # segment (row) index of every entry
+    n_seg = len(starts)
+    work = scores.astype(np.float32 if scores.dtype == np.float32 else np.float64)
+    thresh = np.full(n_seg, np.inf, dtype=work.dtype)
+    need = np.full(n_seg, k, dtype=np.int64)
+    for _ in range(k):
+        mx = np.maximum.reduceat(work, starts)
+        live = (need > 0) & np.isfinite(mx)
+        if not live.any():
+            break
+        thresh[live] = mx[live]
+        at_max = (work == mx[seg]) & live[seg]
+        need -= np.bincount(seg[at_max], minlength=n_seg)
+        work[at_max] = -np.inf
+    return scores >= thresh[seg]
+
+
 def _topk_per_row(
     rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +134,7 @@ def _topk_per_row(
     """
     if len(rows) == 0:
         return rows, cols
-    order = np.lexsort((cols, -scores, rows))  # last key is the primary one
-    rows, cols = rows[order], cols[order]
+    rows, cols = _sort_by_row_score_col(rows, cols, scores)
     # rank of each entry inside its row: position minus the row's first position
     change = np.empty(len(rows), dtype=bool)
     change[0] = True
@@ -155,10 +214,12 @@ def cooccurrence_topk(
         cols = prod.indices.astype(np.int64)
         scores = prod.data
         keep = (cols != rows) & (scores > 0)
-        rr, cc = _topk_per_row(rows[keep], cols[keep], scores[keep], k)
+        rows, cols, scores = rows[keep], cols[keep], scores[keep]
+        cand = _topk_candidates(rows, scores, k)
+        rr, cc = _topk_per_row(rows[cand], cols[cand], scores[cand], k)
         out_rows.append(rr)
         out_cols.append(cc)
-        del prod, rows, cols, scores, keep
+        del prod, rows, cols, scores, keep, cand
     rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
     cols = np.concatenate(out_cols) if out_cols else np.zeros(0, np.int64)
     return symmetrize_choices(rows, cols, n)
