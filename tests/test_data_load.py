@@ -343,3 +343,13 @@ def test_export_is_all_or_nothing(tmp_path, tiny_dir, monkeypatch):
     f.write_text("x")
     with pytest.raises(FreqdError, match="not a folder"):
         export_split(ds, f)
+
+
+def test_local_copy_with_other_checksum_warns(tmp_path):
+    d = tmp_path / "root" / "citeulike"
+    d.mkdir(parents=True)
+    (d / "users.dat").write_text("".join(f"6 {' '.join(str(u + k) for k in range(6))}\n"
+                                         for u in range(4)))
+    with pytest.warns(UserWarning, match="differs from the published users.dat"):
+        ds = load_dataset("citeulike-t", data_dir=tmp_path / "root", cache=False)
+    assert ds.n_users == 4 and ds.info()["train"] == 4 * 4

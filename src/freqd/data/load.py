@@ -231,7 +231,7 @@ def _load_named(spec, cfg: DataConfig, data_dir, preset_prep: dict) -> Dataset:
     if cfg.format == "split" and spec.raw:
         raise ConfigError(f"option 'format': no pre-split copy of {spec.name!r} found; "
                           f"use format={spec.raw_format} to build it from the raw files")
-    folder = fetch_raw(spec)  # raises DataError with where-to-put instructions
+    folder = fetch_raw(spec, data_dir)  # raises DataError with where-to-put instructions
     raw = raw_paths(spec, folder)
     return _load_files(raw, cfg.format, cfg, name=spec.name, source=str(folder), spec=spec)
 
@@ -284,11 +284,11 @@ def _folder_tables(folder: Path, ext: str) -> list:
 
 def detect_format(path: Path) -> str:
     """Guess the DataConfig.format of a file or folder."""
-    from .readers import find_file, read_bytes, split_files
+    from .readers import find_file, read_bytes, read_head, split_files
 
     if path.is_dir():
         files = split_files(path)
-        if files is not None and _looks_like_header(read_bytes(files["train"])):
+        if files is not None and _looks_like_header(read_head(files["train"])):
             return "split"
         if find_file(path, "train.txt") is not None:
             return "lightgcn"
@@ -307,7 +307,9 @@ def detect_format(path: Path) -> str:
     for ext, fmt in _TABLE_EXT.items():
         if name.endswith(ext):
             return fmt
-    data = read_bytes(path)
+    data = read_head(path, 1 << 20)
+    if not data.strip():
+        read_bytes(path)  # raises the "file is empty" / binary error with the file name
     if _looks_like_header(data):
         return "csv"  # a table with a header; the separator is sniffed
     return _sniff_int_format(data, str(path))
@@ -506,6 +508,7 @@ class _Cache:
 
     def __init__(self, name: str, fmt: str, files: list, cfg: DataConfig):
         self.path = None
+        self.files = [str(f) for f in files]
         if not cfg.cache:
             return
         from .registry import cache_dir
@@ -540,6 +543,7 @@ class _Cache:
         except Exception:  # noqa: BLE001 - a corrupt or foreign cache entry: rebuild
             return None
         meta["cache"] = str(self.path)
+        meta["files"] = self.files
         return Dataset(name, *mats, user_ids=uid, item_ids=iid, source=source, meta=meta)
 
     def save(self, ds: Dataset) -> None:
@@ -564,11 +568,12 @@ class _Cache:
 
 # -- export -----------------------------------------------------------------------------------
 def _pairs_text(m) -> str:
+    """``USER\tITEM`` header, then one ``user\titem`` row per stored entry (CSR order)."""
     users = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
     if not len(users):
         return "USER\tITEM\n"
-    rows = np.char.add(np.char.add(users.astype(str), "\t"), m.indices.astype(np.int64).astype(str))
-    return "USER\tITEM\n" + "\n".join(rows.tolist()) + "\n"
+    rows = map("%d\t%d".__mod__, zip(users.tolist(), m.indices.tolist()))
+    return "USER\tITEM\n" + "\n".join(rows) + "\n"
 
 
 _EXPORT_FILES = ("train.txt", "valid.txt", "test.txt", "config.yaml")

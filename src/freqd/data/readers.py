@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,6 +102,20 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             data.count(b"\n", 0, nul) + 1,
         )
     return data
+
+
+def read_head(path: str | os.PathLike, n: int = 1 << 16) -> bytes:
+    """The first ``n`` bytes of a file (decompressed if gzip), for format sniffing."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            magic = fh.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(p, "rb") as fh:
+            data = fh.read(n)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read file: {getattr(e, 'strerror', None) or e}", str(p)) from None
+    return data.removeprefix(_UTF8_BOM)
 
 
 def _decode(data: bytes, path: str) -> str:
@@ -258,34 +273,39 @@ def read_lightgcn(path: str | os.PathLike, data: bytes | None = None) -> RawInte
 
 # -- CSV / TSV / RecBole .inter ------------------------------------------------------------
 def _factorize_sorted(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Codes into sorted unique raw ids (numeric order if all ids are plain integers)."""
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
-        pd = None
+    """Codes into sorted unique raw ids (numeric order if all ids are plain integers).
+
+    Raw ids that are all plain non-negative integers (no sign, no leading zero) come back
+    as an int64 array, others as a string array. pandas (optional) speeds up large inputs.
+    """
+    pd = None
+    if len(values) > 100_000 or "pandas" in sys.modules:
+        try:
+            import pandas as pd
+        except ImportError:
+            pd = None
     if pd is not None:
         codes, uniq = pd.factorize(np.asarray(values, dtype=object), sort=False)
         uniq = np.asarray(uniq, dtype=str)
     else:
         uniq, codes = np.unique(np.asarray(values, dtype=str), return_inverse=True)
-    numeric = bool(len(uniq)) and bool(np.all(np.char.isdigit(uniq)))
-    if numeric:
+    keys: np.ndarray = uniq
+    if len(uniq) and bool(np.all(np.char.isdigit(uniq))):
         lead0 = np.char.startswith(uniq, "0") & (np.char.str_len(uniq) > 1)
-        numeric = not lead0.any() and int(np.char.str_len(uniq).max()) <= _MAX_DIGITS
-    if numeric:
-        keys = uniq.astype(np.int64)
-    else:
-        keys = uniq
+        if not lead0.any() and int(np.char.str_len(uniq).max()) <= _MAX_DIGITS:
+            try:
+                keys = uniq.astype(np.int64)
+            except ValueError:  # unicode digits such as superscripts: keep strings
+                keys = uniq
     order = np.argsort(keys, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return rank[np.asarray(codes, dtype=np.int64)], np.asarray(keys)[order]
+    return rank[np.asarray(codes, dtype=np.int64).reshape(-1)], keys[order]
 
 
 def _parse_floats(col: list[str], name: str, path: str, line_of) -> np.ndarray:
-    arr = np.asarray(col, dtype=str)
     try:
-        out = arr.astype(np.float64)
+        out = np.fromiter(map(float, col), dtype=np.float64, count=len(col))
     except ValueError:
         out = None
     if out is None:
@@ -343,7 +363,7 @@ _ALIASES = {
 
 
 def _resolve_col(
-    names: list[str], want: str, option: str, default: str | None, path: str
+    names: list[str], want: str, option: str, default: str | None, path: str, sep: str = ""
 ) -> int:
     if want in names:
         return names.index(want)
@@ -352,8 +372,10 @@ def _resolve_col(
         for alias in _ALIASES.get(default, (default,)):
             if alias in low:
                 return low.index(alias)
+    hint = f" (is the separator {sep!r} right? set option sep)" if len(names) == 1 else ""
     raise DataError(
-        f"no column {want!r} (option {option}); columns found: {', '.join(map(repr, names))}",
+        f"no column {want!r} (option {option}); columns found: "
+        f"{', '.join(map(repr, names))}{hint}",
         path,
         1,
     )
@@ -384,6 +406,8 @@ def read_table(
     Blank lines are skipped; quoted CSV fields are supported (slower path).
     """
     p = str(path)
+    if sep is not None and (len(sep) != 1 or not sep.isascii() or sep in "\r\n"):
+        raise ValueError(f"sep must be one ASCII character, got {sep!r}")
     opt = {"user": "user_col", "item": "item_col", "rating": "rating_col",
            "timestamp": "timestamp_col"}
     opt.update(options or {})
@@ -434,20 +458,22 @@ def read_table(
 
     if grid is None:
         flat = body.replace("\n", sep).split(sep) if ncols > 1 else body.split("\n")
+        padded = (" " in body and sep != " ") or ("\t" in body and sep != "\t")
 
         def column(c: int) -> list[str]:
-            return [v.strip() for v in flat[c::ncols]]
+            vals = flat[c::ncols]
+            return [v.strip() for v in vals] if padded else vals
     else:
 
         def column(c: int) -> list[str]:
             return [r[c].strip() for r in grid]
 
-    ucol = _resolve_col(names, user_col, opt["user"], "user", p)
-    icol = _resolve_col(names, item_col, opt["item"], "item", p)
+    ucol = _resolve_col(names, user_col, opt["user"], "user", p, sep)
+    icol = _resolve_col(names, item_col, opt["item"], "item", p, sep)
     if ucol == icol:
         raise DataError(f"user and item columns are both {names[ucol]!r}", p, 1)
     uvals, ivals = column(ucol), column(icol)
-    if raw_names is not None:
+    if raw_names is not None and raw_names[ucol] in uvals:
         rep = np.flatnonzero(
             (np.asarray(uvals, dtype=object) == raw_names[ucol])
             & (np.asarray(ivals, dtype=object) == raw_names[icol])
@@ -455,18 +481,17 @@ def read_table(
         if len(rep):
             raise DataError("the header appears again (concatenated files?)", p, line_of(int(rep[0])))
     for vals, name in ((uvals, names[ucol]), (ivals, names[icol])):
-        empty = np.flatnonzero(np.asarray(vals, dtype=object) == "")
-        if len(empty):
-            raise DataError(f"empty id in column {name!r}", p, line_of(int(empty[0])))
+        if "" in vals:
+            raise DataError(f"empty id in column {name!r}", p, line_of(vals.index("")))
     users, user_ids = _factorize_sorted(uvals)
     items, item_ids = _factorize_sorted(ivals)
 
     ratings = timestamps = None
     if rating_col is not None:
-        c = _resolve_col(names, rating_col, opt["rating"], "rating", p)
+        c = _resolve_col(names, rating_col, opt["rating"], "rating", p, sep)
         ratings = _parse_floats(column(c), names[c], p, line_of)
     if timestamp_col is not None:
-        c = _resolve_col(names, timestamp_col, opt["timestamp"], "timestamp", p)
+        c = _resolve_col(names, timestamp_col, opt["timestamp"], "timestamp", p, sep)
         timestamps = _parse_times(column(c), names[c], p, line_of)
     return RawInteractions(users, items, p, ratings, timestamps, user_ids, item_ids)
 

@@ -26,7 +26,16 @@ from ..errors import DataError
 from ..utils.atomic import atomic_path
 from .readers import find_file, split_files
 
-__all__ = ["REGISTRY", "DatasetSpec", "RawFile", "cache_dir", "data_roots", "download", "lookup"]
+__all__ = [
+    "REGISTRY",
+    "DatasetSpec",
+    "RawFile",
+    "cache_dir",
+    "data_roots",
+    "download",
+    "lookup",
+    "search_roots",
+]
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,8 @@ def _shared_data() -> Path | None:
     return p if p.is_dir() else None
 
 
-def data_roots(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list:
-    """``[(label, folder)]`` to search for ``spec``, in resolution order."""
+def search_roots(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list:
+    """``[(label, root)]`` searched for ``spec``, in resolution order (may not exist)."""
     roots = []
     if data_dir is not None:
         roots.append(("data_dir", Path(data_dir).expanduser()))
@@ -163,8 +172,13 @@ def data_roots(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> 
         shared = _shared_data()
         if shared is not None:
             roots.append(("shared", shared))
+    return roots
+
+
+def data_roots(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list:
+    """``[(label, folder)]``: the existing dataset folders for ``spec``, in resolution order."""
     out = []
-    for label, root in roots:
+    for label, root in search_roots(spec, data_dir):
         for sub in dict.fromkeys((spec.folder, spec.name, *spec.aliases)):
             folder = root / sub
             if folder.is_dir():
@@ -222,10 +236,11 @@ class _DownloadFailed(Exception):
     """Internal: a download could not complete (network, HTTP error)."""
 
 
-def fetch_raw(spec: DatasetSpec) -> Path:
+def fetch_raw(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Path:
     """Download every raw file of ``spec`` into the cache; DataError when impossible."""
     folder = cache_dir() / spec.folder
-    where = _where_to_put(spec)
+    looked = ", ".join(f"{label} {root / spec.folder}" for label, root in search_roots(spec, data_dir))
+    where = f"{_where_to_put(spec)} (looked in: {looked})"
     if not spec.raw:
         raise DataError(
             f"dataset {spec.name!r} has no public download and no local copy was found; {where}"
