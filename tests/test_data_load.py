@@ -353,3 +353,13 @@ def test_local_copy_with_other_checksum_warns(tmp_path):
     with pytest.warns(UserWarning, match="differs from the published users.dat"):
         ds = load_dataset("citeulike-t", data_dir=tmp_path / "root", cache=False)
     assert ds.n_users == 4 and ds.info()["train"] == 4 * 4
+
+
+def test_default_filled_config_keeps_the_dataset_preset(shared_data):
+    # the CLI / API build a full DataConfig from a (possibly empty) data: section
+    ds = load_dataset("citeulike-t", data_dir=shared_data, config=DataConfig(), cache=False)
+    assert ds.meta["from"] == "processed" and ds.n_users == 5219
+    ds = load_dataset("citeulike-t", data_dir=shared_data, config=DataConfig(kcore_item=5),
+                      cache=False)
+    assert ds.meta["from"] == "raw" and ds.meta["config"]["kcore_user"] == 5
+    assert (ds.n_users, ds.n_items) == (3527, 6339)

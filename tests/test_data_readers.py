@@ -258,3 +258,13 @@ def test_messages_name_the_file(tmp_path):
     with pytest.raises(DataError) as ei:
         read_lightgcn(f)
     assert re.search(r"odd name\.txt, line 1: ", str(ei.value))
+
+
+def test_quoted_and_plain_paths_agree(tmp_path):
+    rows = [(f"u{k % 7}", f"i{k % 5}", str(k % 5 + 1)) for k in range(40)]
+    plain = write(tmp_path / "p.csv", "user,item,rating\n" + "".join(",".join(r) + "\n" for r in rows))
+    quoted = write(tmp_path / "q.csv", '"user","item","rating"\n'
+                   + "".join(",".join(f'"{v}"' for v in r) + "\n" for r in rows))
+    a, b = read_table(plain, rating_col="rating"), read_table(quoted, rating_col="rating")
+    assert a.users.tolist() == b.users.tolist() and a.items.tolist() == b.items.tolist()
+    assert a.user_ids.tolist() == b.user_ids.tolist() and a.ratings.tolist() == b.ratings.tolist()

@@ -157,9 +157,21 @@ def _prep(cfg: DataConfig) -> dict:
 
 
 def _make_config(base: dict | None, config: DataConfig | None, overrides: dict) -> DataConfig:
+    """defaults < ``base`` (a dataset's preset) < ``config`` < ``overrides``.
+
+    With a preset, only the fields of ``config`` that differ from the DataConfig defaults
+    override it, so a default-filled config (as built from a YAML/CLI section) keeps a
+    named dataset's own preprocessing; use ``overrides`` to force a default value back.
+    """
     if config is not None and not isinstance(config, DataConfig):
         raise ConfigError(f"config must be a DataConfig, got {type(config).__name__}")
-    start = to_dict(config) if config is not None else merge(to_dict(DataConfig()), base or {})
+    defaults = to_dict(DataConfig())
+    start = merge(defaults, base or {})
+    if config is not None:
+        given = to_dict(config)
+        if base:
+            given = {k: v for k, v in given.items() if v != defaults[k]}
+        start = merge(start, given)
     return from_dict(DataConfig, merge(start, overrides))
 
 

@@ -418,7 +418,9 @@ def read_table(
     if sep is None:
         sep = "\t" if inter else _sniff_sep(first)
     if header:
-        raw_names = [n.strip() for n in first.split(sep)]
+        import csv
+
+        raw_names = [n.strip() for n in next(csv.reader([first], delimiter=sep))]
         names = [n.split(":", 1)[0] for n in raw_names] if inter else list(raw_names)
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -439,14 +441,13 @@ def read_table(
     if '"' in body:
         grid, line_no = _rows_quoted(body, sep, first_line)
         lens = np.fromiter((len(r) for r in grid), dtype=np.int64, count=len(grid))
-        row_text = ["" if len(r) == ncols else sep.join(r) for r in grid]
     else:
         grid = None
         body, line_no, lens = _rows_plain(body, sep, first_line)
     bad = np.flatnonzero(lens != ncols)
     if len(bad):
         k = int(bad[0])
-        shown = row_text[k] if grid is not None else body.split("\n")[k]
+        shown = sep.join(grid[k]) if grid is not None else body.split("\n")[k]
         raise DataError(
             f"expected {ncols} fields separated by {sep!r}, found {int(lens[k])}: {shown[:80]!r}",
             p,
