@@ -225,8 +225,17 @@ def cmd_export(a) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     from .errors import FreqdError
 
+    import re
+
     ap = build_parser()
-    a = ap.parse_args(argv)
+    # key=value overrides may come before or after the options: collect them from leftovers
+    a, extra = ap.parse_known_args(argv)
+    kv = [x for x in extra if re.match(r"^[A-Za-z_][\w.\-]*=", x)]
+    rest = [x for x in extra if x not in kv]
+    if rest or (kv and not hasattr(a, "overrides")):
+        ap.error("unrecognized arguments: " + " ".join(rest or kv))
+    if kv:
+        a.overrides = list(a.overrides or []) + kv
     try:
         if a.cmd == "data":
             return cmd_data(a)
