@@ -801,8 +801,8 @@ class UnKD(_Response):
             if n_g == 0:
                 continue
             lengths = self._lengths[g].cpu()
-            ok = lengths >= 2
-            ln = lengths.clamp(min=2)
+            ok = lengths >= 2          # fewer than two rankable items: no pair in this group
+            ln = lengths.clamp(min=1)
             a = sample_with_replacement_cdf(self._probs, ln, n_g, self.gen)
             b = sample_with_replacement_cdf(self._probs, ln, n_g, self.gen)
             for _ in range(1000):  # re-draw tied pairs (conditioning each pair on a != b)
