@@ -110,3 +110,24 @@ def test_features_and_scores(tiny_dir):
     assert torch.allclose(s[1], reps[0][5] @ reps[1].T)
     with pytest.raises(ValueError):
         m.features("middle")
+
+
+def test_gradient_when_only_user_side_is_used_and_gradcheck():
+    r = small_graph()
+    torch.manual_seed(1)
+    m = LightGCN(4, 5, LightGCNConfig(dim=2, n_layers=2), r).double()
+    u, _ = m.propagate()
+    (u ** 2).sum().backward()
+    a = torch.tensor(dense_norm_adj(r.toarray()))
+    p = (torch.eye(9, dtype=torch.float64) + a + a @ a) / 3
+    e = torch.cat([m.user_emb.weight, m.item_emb.weight]).detach()
+    want = 2 * p.T[:, :4] @ (p[:4] @ e)
+    assert torch.allclose(m.user_emb.weight.grad, want[:4])
+    assert torch.allclose(m.item_emb.weight.grad, want[4:])
+
+    from freqd.models.lightgcn import _LayerMean, Workspace
+
+    uw = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    iw = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, y: _LayerMean.apply(m.graph, 3, Workspace(), x, y), (uw, iw))

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..config import check
 from .base import Recommender, Reps
@@ -23,7 +24,9 @@ from .mf import bpr_loss
 __all__ = [
     "LightGCN",
     "LightGCNConfig",
+    "Workspace",
     "csr_buffer",
+    "layer_mean_",
     "normalized_adjacency",
     "register_csr",
     "sym_spmm",
@@ -108,6 +111,7 @@ class _SymSpMM(torch.autograd.Function):
         return torch.sparse.mm(a, x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         return None, torch.sparse.mm(ctx.a, grad.contiguous())
 
@@ -115,6 +119,76 @@ class _SymSpMM(torch.autograd.Function):
 def sym_spmm(a: Tensor, x: Tensor) -> Tensor:
     """Differentiable product of a symmetric sparse matrix (no gradient) and a dense one."""
     return _SymSpMM.apply(a, x)
+
+
+class Workspace:
+    """Two reusable [n, d] scratch buffers for the propagation (allocating and page-faulting
+    fresh buffers of a 2000-d teacher costs as much as the sparse products themselves).
+    Not copied by ``copy.deepcopy`` and re-made on a device or dtype change."""
+
+    def __init__(self):
+        self._bufs: tuple[Tensor, Tensor] | None = None
+
+    def get(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        b = self._bufs
+        if b is None or b[0].shape != like.shape or b[0].dtype != like.dtype or b[0].device != like.device:
+            self._bufs = b = (torch.empty_like(like), torch.empty_like(like))
+        return b
+
+    def clear(self) -> None:
+        self._bufs = None
+
+    def __deepcopy__(self, memo) -> Workspace:
+        return Workspace()
+
+    def __getstate__(self) -> dict:
+        return {"_bufs": None}
+
+
+def layer_mean_(a: Tensor, x: Tensor, n_layers: int, ws: Workspace | None = None) -> Tensor:
+    """In place: ``x <- (1 / (L + 1)) * sum_{l=0..L} A^l x`` with ``L`` sparse products
+    into two scratch buffers (``beta=0`` products, so scratch contents never leak in)."""
+    if n_layers <= 0:
+        return x
+    w = (ws or Workspace()).get(x)
+    cur = x
+    for layer in range(n_layers):
+        nxt = w[layer % 2]
+        nxt.addmm_(a, cur, beta=0.0)
+        x.add_(nxt)
+        cur = nxt
+    return x.mul_(1.0 / (n_layers + 1))
+
+
+class _LayerMean(torch.autograd.Function):
+    """LightGCN propagation as one linear operator ``P = mean_l Â^l``; ``Â`` symmetric makes
+    ``P`` symmetric, so the backward is ``P`` applied to the gradient: nothing is saved for
+    it but the graph, and no per-layer tensors are kept alive."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, n_layers: int, ws: Workspace, user_w: Tensor, item_w: Tensor):
+        nu = user_w.shape[0]
+        out = torch.cat([user_w, item_w], 0)
+        layer_mean_(a, out, n_layers, ws)
+        ctx.a, ctx.n_layers, ctx.ws, ctx.nu = a, n_layers, ws, nu
+        ctx.set_materialize_grads(False)
+        return out[:nu], out[nu:]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gu: Tensor | None, gi: Tensor | None):
+        if gu is None and gi is None:
+            return None, None, None, None, None
+        nu = ctx.nu
+        ref = gu if gu is not None else gi
+        g = ref.new_empty((ctx.a.shape[0], ref.shape[1]))
+        for part, grad in ((g[:nu], gu), (g[nu:], gi)):
+            if grad is None:
+                part.zero_()
+            else:
+                part.copy_(grad)
+        layer_mean_(ctx.a, g, ctx.n_layers, ctx.ws)
+        return None, None, None, g[:nu], g[nu:]
 
 
 class LightGCN(Recommender):
@@ -145,6 +219,7 @@ class LightGCN(Recommender):
         nn.init.normal_(self.user_emb.weight, std=cfg.init_std)
         nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
         register_csr(self, "graph", normalized_adjacency(train))
+        self._workspace = Workspace()
 
     @property
     def graph(self) -> Tensor:
@@ -153,15 +228,10 @@ class LightGCN(Recommender):
 
     def propagate(self) -> Reps:
         """Mean of ``E_0 .. E_L`` split into (users, items); one sparse product per layer."""
-        e = torch.cat([self.user_emb.weight, self.item_emb.weight], 0)
-        graph = self.graph if self.n_layers else None
-        acc = e
-        for _ in range(self.n_layers):
-            e = sym_spmm(graph, e)
-            acc = acc + e
-        if self.n_layers:
-            acc = acc / (self.n_layers + 1)
-        return acc[: self.n_users], acc[self.n_users:]
+        if self.n_layers == 0:
+            return self.user_emb.weight, self.item_emb.weight
+        return _LayerMean.apply(self.graph, self.n_layers, self._workspace,
+                                self.user_emb.weight, self.item_emb.weight)
 
     def loss(self, batch: dict[str, Tensor], reps: Reps) -> dict[str, Tensor]:
         """BPR loss on the final representations: keys ``"loss"`` and ``"bpr"``."""
