@@ -8,6 +8,7 @@ import torch
 
 from freqd.data.dataset import Dataset
 from freqd.eval import evaluate, recommend, topk_ranked
+from freqd.eval.metrics import METRICS, metric_keys, metric_matrix
 
 KS = (1, 5, 10)
 
@@ -139,3 +140,17 @@ def test_recommend_matches_reference():
         expect = order + [-1] * (8 - len(order))
         assert items[row].tolist() == expect
         assert vals[row, : len(order)].tolist() == pytest.approx(s[order].tolist())
+
+
+def test_metric_matrix_matches_the_per_metric_functions():
+    g = torch.Generator().manual_seed(0)
+    hits = torch.rand(200, 12, generator=g) < 0.15
+    n_gt = torch.randint(0, 15, (200,), generator=g)
+    ks = (1, 3, 12)
+    mat = metric_matrix(hits, n_gt, ks)
+    for j, key in enumerate(metric_keys(ks)):
+        name, k = key.split("@")
+        assert torch.allclose(mat[:, j], METRICS[name](hits, n_gt, int(k)), atol=1e-6), key
+    assert torch.equal(
+        metric_matrix(hits, n_gt, (3,), ("mrr",))[:, 0], METRICS["mrr"](hits, n_gt, 3)
+    )

@@ -22,6 +22,7 @@ _EXPORTS = {
     "default_chunk_size": "topk",
     "compute_metrics": "metrics",
     "metric_keys": "metrics",
+    "metric_matrix": "metrics",
     "METRICS": "metrics",
     "DEFAULT_KS": "metrics",
     "recall": "metrics",

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .metrics import DEFAULT_KS, METRICS, compute_metrics
+from .metrics import DEFAULT_KS, METRICS, metric_keys, metric_matrix
 from .topk import DEFAULT_MEMORY_BUDGET, CSRRows, ScoreFn, _fresh, default_chunk_size, topk_ranked
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,21 +136,20 @@ class Evaluator:
         sums: Tensor | None = None
         with torch.no_grad():
             for s in range(0, len(users), self.chunk_size):
-                u = users[s : s + self.chunk_size].to(self.device)
-                scores = _fresh(score_fn(u), (len(u), n_items))
-                u = u.to(scores.device)
-                rows, cols, _ = mask.gather(u)
+                u_cpu = users[s : s + self.chunk_size]
+                scores = _fresh(score_fn(u_cpu.to(self.device)), (len(u_cpu), n_items))
+                u = u_cpu.to(scores.device)
+                rows, cols, _ = mask.gather(u, u_cpu)
                 scores.index_put_((rows, cols), scores.new_full((), float("-inf")))
                 vals, idx = topk_ranked(scores, kmax)
                 del scores
-                g_rows, g_cols, n_gt = gt.gather(u)
+                g_rows, g_cols, n_gt = gt.gather(u, u_cpu)
                 hits = hits_from_topk(idx, g_rows, g_cols, n_items) & ~torch.isneginf(vals)
                 if hits.shape[1] < kmax:  # fewer items than K
                     hits = torch.nn.functional.pad(hits, (0, kmax - hits.shape[1]))
-                per_user = compute_metrics(hits, n_gt, self.ks, self.metrics)
-                chunk = torch.stack([v.sum(dtype=torch.float64) for v in per_user.values()])
+                chunk = metric_matrix(hits, n_gt, self.ks, self.metrics).sum(0, dtype=torch.float64)
                 sums = chunk if sums is None else sums + chunk
-        keys = [f"{m}@{k}" for m in self.metrics for k in self.ks]
+        keys = metric_keys(self.ks, self.metrics)
         totals = sums.tolist() if sums is not None else [0.0] * len(keys)
         out: dict[str, object] = {
             key: (t / denom if denom else 0.0) for key, t in zip(keys, totals)

@@ -32,6 +32,7 @@ __all__ = [
     "compute_metrics",
     "hitrate",
     "metric_keys",
+    "metric_matrix",
     "mrr",
     "ndcg",
     "precision",
@@ -102,20 +103,60 @@ METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
 
 
 def metric_keys(ks: Iterable[int], metrics: Sequence[str] = tuple(METRICS)) -> list[str]:
-    """The result keys, e.g. ``["recall@10", "ndcg@10", ...]`` (metric-major per K)."""
+    """The result keys in order, metric-major: ``["recall@10", "recall@20", ..., "ndcg@10",
+    ...]``."""
     return [f"{m}@{k}" for m in metrics for k in ks]
+
+
+def metric_matrix(
+    hits: Tensor, n_gt: Tensor, ks: Sequence[int], metrics: Sequence[str] = tuple(METRICS)
+) -> Tensor:
+    """All metrics at all cut-offs at once: float tensor ``[B, len(metrics) * len(ks)]``,
+    columns in :func:`metric_keys` order.
+
+    Same values as the per-metric functions, from one cumulative sum of the hits (a few
+    kernels instead of a few per metric and K: what the evaluator calls per chunk).
+    """
+    ks = [int(k) for k in ks]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; expected one of {list(METRICS)}")
+    kmax = max(ks)
+    if min(ks) < 1 or kmax > hits.shape[-1]:
+        raise ValueError(f"cut-offs {ks} outside 1..{hits.shape[-1]} (hit matrix width)")
+    dev = hits.device
+    h = hits[:, :kmax].to(torch.float32)
+    col = torch.tensor([k - 1 for k in ks], device=dev)
+    k_t = torch.tensor(ks, device=dev, dtype=torch.float32)
+    n_hit = h.cumsum(1)[:, col]  # [B, nk]
+    cols: dict[str, Tensor] = {}
+    if "recall" in metrics:
+        cols["recall"] = n_hit / n_gt.to(torch.float32).clamp(min=1).unsqueeze(1)
+    if "precision" in metrics:
+        cols["precision"] = n_hit / k_t
+    if "hitrate" in metrics:
+        cols["hitrate"] = (n_hit > 0).to(torch.float32)
+    if "ndcg" in metrics:
+        disc = _discounts(kmax, dev)
+        dcg = (h * disc).cumsum(1)[:, col]
+        idcg_table = torch.cat([disc.new_zeros(1), disc.cumsum(0)])
+        n_ideal = torch.minimum(n_gt.to(torch.long).clamp(min=0).unsqueeze(1), col + 1)
+        idcg = idcg_table[n_ideal]
+        cols["ndcg"] = torch.where(n_ideal > 0, dcg / idcg.clamp(min=1e-12), torch.zeros_like(dcg))
+    if "mrr" in metrics:
+        first = h.argmax(1, keepdim=True)  # first hit (0 when there is none)
+        has = h.gather(1, first) > 0
+        rr = torch.where(
+            has, 1.0 / (first + 1).to(torch.float32), torch.zeros_like(has, dtype=torch.float32)
+        )
+        cols["mrr"] = torch.where(first <= col.unsqueeze(0), rr, torch.zeros_like(rr))
+    return torch.cat([cols[m] for m in metrics], dim=1)
 
 
 def compute_metrics(
     hits: Tensor, n_gt: Tensor, ks: Iterable[int], metrics: Sequence[str] = tuple(METRICS)
 ) -> dict[str, Tensor]:
     """Per-user values ``{"recall@10": Tensor[B], ...}`` for every metric and cut-off."""
-    out: dict[str, Tensor] = {}
     ks = list(ks)
-    for m in metrics:
-        if m not in METRICS:
-            raise ValueError(f"unknown metric {m!r}; expected one of {list(METRICS)}")
-        fn = METRICS[m]
-        for k in ks:
-            out[f"{m}@{k}"] = fn(hits, n_gt, k)
-    return out
+    mat = metric_matrix(hits, n_gt, ks, metrics)
+    return {key: mat[:, j] for j, key in enumerate(metric_keys(ks, metrics))}

@@ -60,20 +60,26 @@ def topk_ranked(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n = scores.shape[1]
     k = min(int(k), n)
+    if scores.shape[0] == 0 or k == 0:
+        return scores[:, :k], torch.zeros(
+            scores.shape[0], k, dtype=torch.long, device=scores.device
+        )
     if k + 1 > n:
         vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+        has_nan = bool(torch.isnan(vals[:, 0]).any())
     else:
         vals, idx = torch.topk(scores, k + 1, dim=1, largest=True, sorted=True)
         tied = (vals[:, :-1] == vals[:, 1:]).any(1)
-        if bool(tied.any()):
+        # one host sync for both checks (NaN ranks first in topk, and never compares equal)
+        has_nan, any_tied = torch.stack([torch.isnan(vals[:, 0]).any(), tied.any()]).tolist()
+        if any_tied and not has_nan:
             rows = tied.nonzero().squeeze(1)
             v2, i2 = torch.sort(scores[rows], dim=1, descending=True, stable=True)
             vals[rows] = v2[:, : k + 1]
             idx[rows] = i2[:, : k + 1]
-    vals, idx = vals[:, :k], idx[:, :k]
-    if vals.numel() and bool(torch.isnan(vals[:, 0]).any()):
+    if has_nan:
         raise FreqdError("the model's scores contain NaN (training diverged?); cannot rank items")
-    return vals, idx
+    return vals[:, :k], idx[:, :k]
 
 
 class CSRRows:
@@ -128,20 +134,30 @@ class CSRRows:
         ip, _ = self.on(users.device)
         return ip[users + 1] - ip[users]
 
-    def gather(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def gather(
+        self, users: Tensor, users_cpu: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(rows, cols, counts)``: entry ``j`` is ``(rows[j], cols[j])`` with ``rows``
-        indexing ``users`` (0..B-1, ascending) and ``cols`` ascending within a row."""
-        ip, ix = self.on(users.device)
+        indexing ``users`` (0..B-1, ascending) and ``cols`` ascending within a row.
+
+        ``users_cpu`` (the same ids on the CPU) lets an accelerator skip a host sync.
+        """
+        dev = users.device
+        ip, ix = self.on(dev)
         start = ip[users]
         cnt = ip[users + 1] - start
-        total = int(cnt.sum()) if cnt.numel() else 0
-        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), cnt)
+        if users_cpu is None:
+            total = int(cnt.sum())
+        else:
+            ip_cpu = self.on(torch.device("cpu"))[0]
+            total = int((ip_cpu[users_cpu + 1] - ip_cpu[users_cpu]).sum())
+        rows = torch.arange(len(users), device=dev).repeat_interleave(cnt, output_size=total)
         if total == 0:
             return rows, rows.clone(), cnt
         # position of entry j inside ix: start[row] + (j - first entry of row)
         first = torch.cumsum(cnt, 0) - cnt
-        pos = torch.arange(total, device=users.device) + torch.repeat_interleave(start - first, cnt)
-        return rows, ix[pos], cnt
+        shift = (start - first).repeat_interleave(cnt, output_size=total)
+        return rows, ix[torch.arange(total, device=dev) + shift], cnt
 
 
 def _check_users(users: Tensor | np.ndarray | Iterable[int], n_users: int) -> Tensor:
@@ -205,14 +221,14 @@ def recommend(
     out_scores = torch.full((len(u_all), k), float("-inf"))
     with torch.no_grad():
         for s in range(0, len(u_all), cs):
-            u = u_all[s : s + cs].to(dev)
-            scores = _fresh(score_fn(u), (len(u), n_items))
-            rows, cols, _ = mask.gather(u.to(scores.device))
-            scores[rows, cols] = float("-inf")
+            u_cpu = u_all[s : s + cs]
+            scores = _fresh(score_fn(u_cpu.to(dev)), (len(u_cpu), n_items))
+            rows, cols, _ = mask.gather(u_cpu.to(scores.device), u_cpu)
+            scores.index_put_((rows, cols), scores.new_full((), float("-inf")))
             vals, idx = topk_ranked(scores, k)
             idx = torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
-            out_items[s : s + len(u), : idx.shape[1]] = idx.cpu()
-            out_scores[s : s + len(u), : vals.shape[1]] = vals.float().cpu()
+            out_items[s : s + len(u_cpu), : idx.shape[1]] = idx.cpu()
+            out_scores[s : s + len(u_cpu), : vals.shape[1]] = vals.float().cpu()
     return out_items, out_scores
 
 
