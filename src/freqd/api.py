@@ -36,11 +36,7 @@ def _dataset_for(cfg: dict, dataset=None):
 
     if isinstance(dataset, Dataset):
         return dataset
-    from .data.load import DataConfig
-    from .config import from_dict
-
-    data_cfg = from_dict(DataConfig, cfg.get("data"), prefix="data.")
-    return load_dataset(cfg["dataset"], data_dir=cfg.get("data_dir"), config=data_cfg)
+    return load_dataset(cfg["dataset"], data_dir=cfg.get("data_dir"), **(cfg.get("data") or {}))
 
 
 def _setup_logging(run_dir: Optional[Path]) -> Optional[logging.Handler]:

@@ -110,8 +110,6 @@ def _overrides(items: List[str]) -> dict:
 
 def cmd_data(a) -> int:
     from .api import load_dataset
-    from .config import from_dict
-    from .data.load import DataConfig
 
     over = _overrides(a.overrides)
     data = over.pop("data", {})
@@ -119,8 +117,7 @@ def cmd_data(a) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"unknown option(s) {sorted(over)}: only data.* options apply here")
-    cfg = from_dict(DataConfig, data, prefix="data.")
-    ds = load_dataset(a.dataset, data_dir=a.data_dir, config=cfg)
+    ds = load_dataset(a.dataset, data_dir=a.data_dir, **data)
     if a.data_cmd == "info":
         info = ds.info()
         if a.json:

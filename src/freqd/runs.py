@@ -117,7 +117,10 @@ def resolve_config(
 
     out: dict = {"kind": kind, "dataset": dataset, "data_dir": full.get("data_dir"),
                  "backbone": backbone, "role": role}
-    out["data"] = to_dict(from_dict(DataConfig, full.get("data"), prefix="data."))
+    # only the data options the user (or a preset) set: a named dataset keeps its own
+    # preprocessing for everything else (validated here, applied by load_dataset)
+    from_dict(DataConfig, full.get("data"), prefix="data.")
+    out["data"] = dict(full.get("data") or {})
     try:
         out["model"] = to_dict(backbone_config(backbone, full.get("model") or {}))
     except ConfigError:
