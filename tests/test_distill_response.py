@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -557,3 +558,33 @@ def test_prepare_cache_is_reused(tmp_path, ds_tiny):
 
 def test_hetcomp_class_contract():
     assert HetComp.name == "hetcomp" and HetComp.config_class.__name__ == "HetCompConfig"
+
+
+# ======================================================================================
+# presets
+# ======================================================================================
+PRESETS = Path(__file__).resolve().parents[1] / "src" / "freqd" / "configs" / "methods"
+RESPONSE = ("kd", "rd", "cd", "rrd", "dcd", "unkd", "hetcomp")
+
+
+def test_presets_cover_the_cells_baselines_md_gives():
+    cells = {(p.parts[-3], p.parts[-2], p.stem) for p in PRESETS.glob("*/*/*.yaml")}
+    for ds in ("citeulike-t", "gowalla", "yelp2018"):
+        for bb in ("mf", "lightgcn", "simplex"):
+            assert {(ds, bb, "cd"), (ds, bb, "rrd")} <= cells
+    assert {("citeulike-t", "mf", m) for m in ("kd", "dcd", "unkd", "hetcomp")} <= cells
+    assert ("gowalla", "mf", "rd") in cells
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for m in RESPONSE for p in PRESETS.glob(f"*/*/{m}.yaml")),
+    ids=lambda p: "/".join(p.parts[-3:]))
+def test_preset_is_valid(path):
+    from freqd.config import from_dict, load_yaml
+    from freqd.train.config import TrainConfig
+
+    data = load_yaml(path)
+    assert set(data) <= {"method", "train"}
+    assert path.read_text().startswith("# Source:")
+    method_config(path.stem, data["method"])
+    from_dict(TrainConfig, data.get("train", {}), prefix="train.")
