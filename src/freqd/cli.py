@@ -254,6 +254,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"freqd: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # e.g. `freqd recommend ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print("freqd: interrupted (resume with --resume)", file=sys.stderr)
         return 130
