@@ -244,6 +244,16 @@ def test_defaults_are_the_authors():
     assert method_config("phr").weight == 0.01
 
 
+def test_construction_does_not_propagate_the_teacher():
+    """The teacher's final reps are cached on first use, not at construction, so a trainer
+    may move the teacher to its device after building the distiller."""
+    ds, t, s, batch = hand_setup()
+    d = build_distiller("de", t, s, ds, {"n_experts": 2})
+    assert d._teacher_reps is None
+    kd(d, s, batch)
+    assert d._teacher_reps is not None
+
+
 def test_teacher_from_another_dataset_is_refused():
     ds, _, s, _ = hand_setup()
     small = TinyMF(1, 2, 3, seed=0)

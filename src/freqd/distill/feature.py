@@ -198,7 +198,9 @@ class _FeatureDistiller(Distiller):
 
     def __init__(self, teacher, student, dataset, cfg):
         super().__init__(teacher, student, dataset, cfg)
-        tu, ti = self.teacher_features(cfg.teacher_layer)
+        # shapes from the ego tables: no propagation here, so the teacher's cached final
+        # representations are computed on first use, on whatever device the teacher has then
+        tu, ti = teacher.features("embedding", None)
         if tu.shape[0] < dataset.n_users or ti.shape[0] < dataset.n_items:
             raise ConfigError(
                 f"teacher tables ({tu.shape[0]} users, {ti.shape[0]} items) do not cover the "
@@ -211,6 +213,15 @@ class _FeatureDistiller(Distiller):
         """((student users, student items), (teacher users, teacher items)) full tables."""
         s = self.student.features(self.cfg.student_layer, student_reps)
         t = self.teacher_features(self.cfg.teacher_layer)
+        dev = s[0].device
+        if t[0].device != dev:  # teacher left behind (e.g. moved after its reps were cached)
+            t = (t[0].to(dev), t[1].to(dev))
+            if self.cfg.teacher_layer == "final":
+                self._teacher_reps = t
+        if t[0].shape[1] != self.d_teacher:
+            raise ConfigError(
+                f"teacher {self.cfg.teacher_layer!r} features have dim {t[0].shape[1]}, "
+                f"expected {self.d_teacher}")
         if s[0].shape[1] != self.d_student:
             raise ConfigError(
                 f"student {self.cfg.student_layer!r} features have dim {s[0].shape[1]}, "
