@@ -100,8 +100,13 @@ class UniformNegativeSampler:
         the result is on the CPU."""
         k = self.n_neg if n_neg is None else int(n_neg)
         users = torch.as_tensor(users, dtype=torch.long).reshape(-1).cpu()
-        free = self._n_free[users].to(torch.float64)  # [B]
         u = torch.rand((len(users), k), generator=self.generator, dtype=torch.float64)
+        return self.from_uniform(users, u)
+
+    def from_uniform(self, users: Tensor, u: Tensor) -> Tensor:
+        """The negatives :meth:`sample` returns for CPU ``users`` [B] given its uniform
+        draws ``u`` [B, n_neg] (float64 in [0, 1)); consumes no randomness."""
+        free = self._n_free[users].to(torch.float64)  # [B]
         r = (u * free[:, None]).to(torch.long)
         r = torch.minimum(r, (free[:, None] - 1).to(torch.long))  # guard u*free rounding up
         base = users[:, None] * self.n_items
@@ -128,13 +133,21 @@ class TrainSampler:
 
     The permutation is drawn when :meth:`epoch` is called, so the generator state taken
     just before that call reproduces the whole epoch.
+
+    Data parallel (``world_size`` > 1): every rank draws the same permutation and the same
+    negative-sampling uniforms for each global batch of ``batch_size`` pairs (same seed),
+    and yields its contiguous slice ``[rank * n // world_size, (rank + 1) * n // world_size)``
+    of it; the ranks' slices together are exactly the one-process batch, negatives included.
     """
 
     def __init__(self, train, batch_size: int, n_neg: int = 1,
                  generator: torch.Generator | None = None, seed: int | None = None,
-                 shuffle: bool = True, drop_last: bool = False):
+                 shuffle: bool = True, drop_last: bool = False, rank: int = 0, world_size: int = 1):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.negatives = UniformNegativeSampler(train, n_neg, generator=generator, seed=seed)
         self.generator = self.negatives.generator
         users, items = train_pairs(train)
@@ -170,6 +183,14 @@ class TrainSampler:
         bs = self.batch_size
         for b in range(self.n_batches):
             idx = order[b * bs:(b + 1) * bs]
+            if self.world_size > 1:  # the global batch's draws, then this rank's slice
+                n = len(idx)
+                u = torch.rand((n, self.negatives.n_neg), generator=self.generator, dtype=torch.float64)
+                lo, hi = self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
+                users = self.users[idx[lo:hi]]
+                yield {"users": users, "pos": self.items[idx[lo:hi]],
+                       "neg": self.negatives.from_uniform(users, u[lo:hi])}
+                continue
             users = self.users[idx]
             yield {"users": users, "pos": self.items[idx], "neg": self.negatives.sample(users)}
 
