@@ -20,18 +20,20 @@ def random_csr(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_
     return sp.csr_matrix(m)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     n_users=st.integers(1, 12),
     n_items=st.integers(1, 30),
     density=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
     n_neg=st.integers(1, 7),
+    bitset=st.booleans(),
 )
-def test_never_returns_a_training_positive(n_users, n_items, density, seed, n_neg):
+def test_never_returns_a_training_positive(n_users, n_items, density, seed, n_neg, bitset):
     m = random_csr(n_users, n_items, density, seed)
     dense = m.toarray() > 0
-    s = UniformNegativeSampler(m, n_neg, seed=seed)
+    s = UniformNegativeSampler(m, n_neg, seed=seed, bitset=bitset)
+    assert (s._bits is not None) == bitset
     users = torch.arange(n_users).repeat(5)
     neg = s.sample(users).numpy()
     assert neg.shape == (len(users), n_neg)
@@ -39,12 +41,13 @@ def test_never_returns_a_training_positive(n_users, n_items, density, seed, n_ne
     assert not dense[users.numpy()[:, None], neg].any()
 
 
-def test_nearly_full_user_gets_its_only_negative():
+@pytest.mark.parametrize("bitset", [False, True])
+def test_nearly_full_user_gets_its_only_negative(bitset):
     m = np.ones((3, 50), dtype=np.float32)
     m[0, 17] = 0
     m[1, [0, 49]] = 0
     m[2, :] = 0
-    s = UniformNegativeSampler(sp.csr_matrix(m), 200, seed=1)
+    s = UniformNegativeSampler(sp.csr_matrix(m), 200, seed=1, bitset=bitset)
     neg = s.sample(torch.tensor([0, 1, 2])).numpy()
     assert (neg[0] == 17).all()
     assert set(neg[1]) == {0, 49}
@@ -57,10 +60,11 @@ def test_user_with_no_negative_is_a_clear_error():
         UniformNegativeSampler(m, 1)
 
 
-def test_roughly_uniform_over_non_positives():
+@pytest.mark.parametrize("bitset", [False, True])
+def test_roughly_uniform_over_non_positives(bitset):
     m = random_csr(4, 40, 0.5, seed=3)
     dense = m.toarray() > 0
-    s = UniformNegativeSampler(m, 20000, seed=7)
+    s = UniformNegativeSampler(m, 20000, seed=7, bitset=bitset)
     neg = s.sample(torch.arange(4)).numpy()
     for u in range(4):
         free = np.flatnonzero(~dense[u])
@@ -117,3 +121,18 @@ def test_tiny_real_data(tiny_dir):
     users = torch.from_numpy(a[:, 0])
     neg = s.sample(users).numpy()
     assert not (m.toarray()[a[:, 0][:, None], neg] > 0).any()
+
+
+def test_bitset_default_and_determinism_given_uniforms():
+    m = random_csr(10, 20, 0.3, seed=4)
+    assert UniformNegativeSampler(m, 1)._bits is None
+    s = UniformNegativeSampler(m, 32)
+    assert s._bits is not None
+    u = torch.rand((10, 32), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    users = torch.arange(10)
+    assert torch.equal(s.from_uniform(users, u), s.from_uniform(users, u))
+    # a draw that lands on a non-positive is kept as it is
+    j = s.from_uniform(users, u)
+    cand = (u * 20).long()
+    ok = m.toarray()[users[:, None].numpy(), cand.numpy()] == 0
+    assert torch.equal(j[torch.from_numpy(ok)], cand[torch.from_numpy(ok)])

@@ -13,6 +13,10 @@ once from the CSR matrix, so a batch of ``B x n_neg`` negatives costs one random
 one binary search per negative, whatever the user's density: a user who interacted with
 all but one item gets that item every time, with no retries.
 
+For many negatives (SimpleX: 2000 per positive) a membership bitset makes it cheaper:
+draw ``j`` uniformly over all items, keep it unless it is a positive (one byte lookup), and
+map only the rejected draws as above (one round, no loop; still exactly uniform).
+
 Randomness comes from one ``torch.Generator`` (CPU) that the caller owns, so a trainer
 that saves ``generator.get_state()`` (or :meth:`TrainSampler.get_state`) at an epoch
 boundary and restores it on resume gets identical batches.
@@ -65,13 +69,20 @@ class UniformNegativeSampler:
         generator: CPU ``torch.Generator`` to draw from (shared with the caller, who may
             save and restore its state); if ``None`` one is made from ``seed``.
         seed: seed of the generator made when ``generator`` is ``None`` (default 0).
+        bitset: also keep a users x items membership bitset (``n_users * n_items / 8``
+            bytes) so that most draws are accepted with one byte lookup instead of a binary
+            search: about 10x faster for many negatives. ``None`` (default) = when
+            ``n_neg >= 16`` and the bitset fits in 256 MB. Same distribution either way.
 
     Raises:
         DataError: if some user interacted with every item (no negative exists).
     """
 
+    #: largest bitset built automatically (bytes)
+    BITSET_MAX_BYTES = 256 * 2**20
+
     def __init__(self, train, n_neg: int = 1, generator: torch.Generator | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, bitset: bool | None = None):
         if int(n_neg) < 1:
             raise ValueError(f"n_neg must be >= 1, got {n_neg}")
         m = _as_csr(train)
@@ -92,6 +103,15 @@ class UniformNegativeSampler:
         self._keys = torch.from_numpy(users * self.n_items + (items - rank))
         self._row_start = torch.from_numpy(m.indptr[:-1].astype(np.int64))
         self._n_free = torch.from_numpy(self.n_items - deg)  # non-positives per user
+        n_bytes = (self.n_users * self.n_items + 7) // 8
+        if bitset is None:
+            bitset = self.n_neg >= 16 and n_bytes <= self.BITSET_MAX_BYTES
+        self._bits: Tensor | None = None
+        if bitset:
+            keys = users * self.n_items + items
+            bits = np.zeros(max(1, n_bytes), dtype=np.uint8)
+            np.bitwise_or.at(bits, keys >> 3, np.left_shift(1, keys & 7).astype(np.uint8))
+            self._bits = torch.from_numpy(bits)
 
     # -- sampling -----------------------------------------------------------------------
     def sample(self, users: Tensor, n_neg: int | None = None) -> Tensor:
@@ -105,13 +125,33 @@ class UniformNegativeSampler:
 
     def from_uniform(self, users: Tensor, u: Tensor) -> Tensor:
         """The negatives :meth:`sample` returns for CPU ``users`` [B] given its uniform
-        draws ``u`` [B, n_neg] (float64 in [0, 1)); consumes no randomness."""
-        free = self._n_free[users].to(torch.float64)  # [B]
-        r = (u * free[:, None]).to(torch.long)
-        r = torch.minimum(r, (free[:, None] - 1).to(torch.long))  # guard u*free rounding up
-        base = users[:, None] * self.n_items
-        below = torch.searchsorted(self._keys, base + r, right=True) - self._row_start[users][:, None]
-        return r + below
+        draws ``u`` [B, n_neg] (float64 in [0, 1)); consumes no randomness.
+
+        With the bitset: candidate ``j = floor(u * n_items)`` is kept unless it is a
+        positive; a rejected draw reuses the fractional part of ``u * n_items`` (uniform,
+        independent of ``j``) for the exact complement mapping. Each non-positive then has
+        probability ``1/n_items + (deg/n_items) * 1/(n_items - deg) = 1/(n_items - deg)``.
+        """
+        if self._bits is None:
+            return self._complement(users[:, None], u)
+        x = u * self.n_items
+        j = torch.clamp(x.to(torch.long), max=self.n_items - 1)
+        key = users[:, None] * self.n_items + j
+        hit = ((self._bits[key >> 3] >> (key & 7).to(torch.uint8)) & 1).bool()
+        if bool(hit.any()):
+            rows, cols = hit.nonzero(as_tuple=True)
+            frac = (x[rows, cols] - j[rows, cols]).clamp_(0.0, 1.0)
+            j[rows, cols] = self._complement(users[rows], frac)
+        return j
+
+    def _complement(self, users: Tensor, u: Tensor) -> Tensor:
+        """The ``floor(u * n_free)``-th non-positive item of each user (``users``
+        broadcastable to ``u``): exact, one binary search per draw."""
+        free = self._n_free[users].to(torch.float64)
+        r = (u * free).to(torch.long)
+        r = torch.minimum(r, (free - 1).to(torch.long))  # guard u*free rounding up
+        below = torch.searchsorted(self._keys, users * self.n_items + r, right=True)
+        return r + below - self._row_start[users]
 
     # -- state --------------------------------------------------------------------------
     def get_state(self) -> Tensor:

@@ -72,6 +72,7 @@ def normalized_adjacency(train) -> sp.csr_matrix:
 def _csr_tensor(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        warnings.filterwarnings("ignore", message=".*[Ss]parse invariant checks are implicitly.*")
         return torch.sparse_csr_tensor(crow, col, val, size=shape, check_invariants=False)
 
 

@@ -54,9 +54,10 @@ class SimpleXConfig:
     gamma: float = 0.5
     #: dropout on the user tower output during training (0 = off)
     dropout: float = 0.0
-    #: how negative cosines are computed: "gather" the [B, n_neg, d] negative embeddings,
-    #: "full" = score the batch against all items and pick (less memory for large d x
-    #: n_neg), "auto" = gather unless that tensor would exceed 256 MB and full is cheaper
+    #: how negative cosines are computed: "gather" the [B, n_neg, d] negative embeddings, or
+    #: "full" = one [B, n_items] matrix product, then pick (less memory, and faster on CPU
+    #: unless n_items >> n_neg); "auto" = full if n_items <= 16 * n_neg or the gathered
+    #: tensor would exceed 256 MB, else gather. Same values and gradients either way.
     neg_scoring: Literal["auto", "gather", "full"] = "auto"
 
     def __post_init__(self):
@@ -180,23 +181,26 @@ class SimpleX(Recommender):
         u, i = reps
         return F.normalize(u[users], dim=-1) @ F.normalize(i, dim=-1).T
 
-    def _neg_cosines(self, un: Tensor, items: Tensor, neg: Tensor) -> Tensor:
+    def _neg_cosines(self, un: Tensor, items_n: Tensor, neg: Tensor) -> Tensor:
+        """cos(user b, item neg[b, k]) from unit user rows ``un`` and the unit item table."""
         b, k = neg.shape
         mode = self.cfg.neg_scoring
         if mode == "auto":
-            big = b * k * self.dim * items.element_size() > 256 * 2**20
-            mode = "full" if big and self.n_items < b * k else "gather"
+            big = b * k * self.dim * items_n.element_size() > 256 * 2**20
+            mode = "full" if big or self.n_items <= 16 * k else "gather"
         if mode == "full":
-            return (un @ F.normalize(items, dim=-1).T).gather(1, neg)
-        return torch.einsum("bd,bkd->bk", un, F.normalize(items[neg], dim=-1))
+            return (un @ items_n.T).gather(1, neg)
+        rows = items_n.index_select(0, neg.reshape(-1)).view(b, k, -1)
+        return torch.bmm(rows, un.unsqueeze(2)).squeeze(2)
 
     def loss(self, batch: dict[str, Tensor], reps: Reps) -> dict[str, Tensor]:
         """CCL loss summed over the batch: keys ``"loss"`` (= ``"ccl"``), ``"ccl_pos"`` and
         ``"ccl_neg"`` (its two parts)."""
         u, i = reps
         un = F.normalize(u[batch["users"]], dim=-1)
-        pos = (un * F.normalize(i[batch["pos"]], dim=-1)).sum(-1)
-        neg = self._neg_cosines(un, i, batch["neg"])
+        i_n = F.normalize(i, dim=-1)  # once per step: the table is small next to B x n_neg
+        pos = (un * i_n[batch["pos"]]).sum(-1)
+        neg = self._neg_cosines(un, i_n, batch["neg"])
         pos_part = (1.0 - pos).sum()
         neg_part = self.cfg.neg_weight * F.relu(neg - self.cfg.margin).mean(1).sum()
         ccl = pos_part + neg_part
