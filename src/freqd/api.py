@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -171,8 +172,15 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
     _, _, train_cfg, method = typed(cfg)
     if out is None:
         raise ConfigError("option '--out' is required (the run directory)")
+    from .train.distributed import init_from_env
+
+    dctx = init_from_env(train_cfg.device)  # under torchrun: the process group; else world size 1
+    train_cfg.device = str(dctx.device(train_cfg.device))  # cuda -> cuda:LOCAL_RANK
     run_dir = Path(out)
-    if run_dir.exists() and (run_dir / "config.yaml").exists():
+    if dctx.rank > 0:  # rank 0 checks the run directory and owns it; the others follow its verdict
+        if dctx.broadcast_object(None):
+            return Run(run_dir, dataset=ds, device=train_cfg.device)
+    elif run_dir.exists() and (run_dir / "config.yaml").exists():
         old = read_run_config(run_dir)
         if not same_config(old, cfg):
             raise FreqdError(f"{run_dir}: holds a run with a different configuration; choose another --out")
@@ -180,13 +188,17 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
             raise FreqdError(f"{run_dir}: already holds a finished run (use --resume to reuse it, or another --out)")
         if (run_dir / "metrics.json").exists() and resume:
             log.info("%s: already finished", run_dir)
+            dctx.broadcast_object(True)
             return Run(run_dir, dataset=ds, device=train_cfg.device)
     elif run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
         raise FreqdError(f"{run_dir}: exists and is not a freqd run directory; choose another --out")
-    with run_lock(run_dir):
-        handler = _setup_logging(run_dir)
+    if dctx.is_main:
+        dctx.broadcast_object(False)
+    with run_lock(run_dir) if dctx.is_main else contextlib.nullcontext():
+        handler = _setup_logging(run_dir if dctx.is_main else None)
         try:
-            write_run_config(run_dir, cfg)
+            if dctx.is_main:
+                write_run_config(run_dir, cfg)
             torch.manual_seed(train_cfg.seed)
             model = build_model(cfg, ds)
             distiller, weight, extra = None, 0.0, {}

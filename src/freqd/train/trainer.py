@@ -29,6 +29,8 @@ from ..errors import CheckpointError, FreqdError
 from ..models.base import Recommender
 from ..utils.atomic import torch_save, write_json, write_text
 from .config import TrainConfig
+from .distributed import GradientReducer, rank_seed
+from .distributed import context as dist_context
 
 log = logging.getLogger("freqd")
 
@@ -80,7 +82,8 @@ class Trainer:
     ):
         self.cfg = cfg
         self.dataset = dataset
-        self.device = resolve_device(cfg.device)
+        self.dist = dist_context()  # world size 1 unless launched by torchrun (distributed.py)
+        self.device = self.dist.device(resolve_device(cfg.device))
         self.model = model.to(self.device)
         self.distiller = distiller
         self.kd_weight = float(kd_weight)
@@ -101,7 +104,14 @@ class Trainer:
         from ..data.sampling import TrainSampler
 
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.sampler = TrainSampler(dataset.train, batch_size=cfg.batch_size, n_neg=model.n_neg, generator=self.gen)
+        self.sampler = TrainSampler(dataset.train, batch_size=cfg.batch_size, n_neg=model.n_neg, generator=self.gen,
+                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        self._reducer: GradientReducer | None = None
+        self._peer_rng: list | None = None  # every rank's RNG states, gathered at evaluations
+        if self.dist.active:  # replicas start equal; gradients are summed over ranks after backward
+            self.dist.broadcast_parameters(params)
+            sparse = list(self.model.parameters()) if getattr(self.model, "sparse_grad", False) else []
+            self._reducer = GradientReducer(self.dist, params, sparse=sparse)
         self.epoch = 0
         self.best: Optional[dict] = None  # {"epoch", "valid"}
         self.bad_evals = 0
@@ -154,7 +164,35 @@ class Trainer:
         if self.distiller is not None:
             st["distiller"] = self.distiller.state_dict()
             st["distiller_extra"] = self.distiller.extra_state()
+        if self._peer_rng is not None:
+            st["ranks"] = self._peer_rng
         return st
+
+    def _rank_rng(self) -> dict:
+        """This rank's global RNG states (+ distiller extra state), for a distributed checkpoint."""
+        st = {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": repr(random.getstate())}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            st["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.distiller is not None:
+            st["distiller_extra"] = self.distiller.extra_state()
+        return st
+
+    def _load_rank_rng(self, st: dict) -> None:
+        """Ranks > 0: restore their own RNG states; the sampler's state is shared."""
+        ranks = st.get("ranks")
+        if not ranks or len(ranks) != self.dist.world_size:
+            log.warning("checkpoint written by %s process(es), resumed by %d: rank %d reseeds its RNGs "
+                        "(continues, but not bit for bit)", len(ranks) if ranks else 1, self.dist.world_size, self.dist.rank)
+            seed_everything(rank_seed(self.cfg.seed + self.epoch, self.dist.rank))
+            return
+        mine = ranks[self.dist.rank]
+        torch.set_rng_state(mine["torch"])
+        _np_set_state(mine["numpy"])
+        random.setstate(eval(mine["python"], {"__builtins__": {}}))  # tuple of ints only
+        if "cuda" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+        if self.distiller is not None and "distiller_extra" in mine:
+            self.distiller.load_extra_state(mine["distiller_extra"])
 
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
@@ -186,6 +224,8 @@ class Trainer:
         self.gen.set_state(rng["sampler"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.dist.rank > 0:
+            self._load_rank_rng(st)
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -196,8 +236,8 @@ class Trainer:
             self.load_checkpoint(self.out_dir / CKPT)
             log.info("resumed from %s at epoch %d", self.out_dir / CKPT, self.epoch)
         else:
-            seed_everything(cfg.seed)
-            self.gen.manual_seed(cfg.seed)
+            seed_everything(rank_seed(cfg.seed, self.dist.rank))  # = cfg.seed on rank 0
+            self.gen.manual_seed(cfg.seed)  # the sampler's stream is the same on every rank
         self.model.train()
         if self.distiller is not None:
             self.distiller.train()
@@ -208,7 +248,7 @@ class Trainer:
                 self.distiller.on_epoch_start(epoch)
             t0 = time.perf_counter()
             sums: Dict[str, float] = {}
-            bar = _progress(n_batches, f"epoch {epoch}", cfg.progress)
+            bar = _progress(n_batches, f"epoch {epoch}", cfg.progress and self.dist.is_main)
             for batch in self.sampler.epoch():
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 parts = self.step(batch)
@@ -220,6 +260,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{parts['loss']:.4g}", it_s=f"{bar.n * cfg.batch_size / max(el, 1e-9):.0f}/s", refresh=False)
             if bar is not None:
                 bar.close()
+            sums = self.dist.sum_floats(sums)  # batch sums over the ranks = the global batch's
             dt = time.perf_counter() - t0
             self.train_seconds.append(dt)
             self.epoch = epoch
@@ -227,7 +268,12 @@ class Trainer:
             row.update({k: v / n_batches for k, v in sums.items()})
             if not math.isfinite(row["loss"]):
                 raise FreqdError(f"training diverged at epoch {epoch}: loss is {row['loss']} (lower train.lr or the method weight)")
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            evaluate_now = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+            if evaluate_now and self.dist.active:
+                if not self.dist.replicas_agree(self._reducer.dense + self._reducer.sparse):
+                    raise FreqdError(f"distributed: the replicas' parameters differ at epoch {epoch}")
+                self._peer_rng = self.dist.gather_objects(self._rank_rng())
+            if evaluate_now and self.dist.is_main:  # rank 0 evaluates, checkpoints and logs
                 t1 = time.perf_counter()
                 valid = self.evaluate("valid")
                 self.eval_seconds.append(time.perf_counter() - t1)
@@ -246,6 +292,8 @@ class Trainer:
             else:
                 self.history.rows.append(row)
                 log.info("epoch %d  loss %.4f  (%.1fs)", epoch, row["loss"], dt)
+            if self.dist.active:  # the early-stopping counter, from rank 0
+                self.bad_evals, = self.dist.broadcast_ints(self.bad_evals)
         return self.finish()
 
     def _should_stop(self) -> bool:
@@ -266,6 +314,8 @@ class Trainer:
             parts.update({f"kd_{k}": float(v.detach()) for k, v in kd.items() if k != "loss" and torch.is_tensor(v) and v.dim() == 0})
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self._reducer is not None:
+            self._reducer()
         self.optimizer.step()
         parts["loss"] = float(total.detach())
         return parts
@@ -293,6 +343,8 @@ class Trainer:
 
     def finish(self) -> dict:
         """Load the best model, evaluate it on test, write metrics.json."""
+        if not self.dist.is_main:  # rank 0 does this; the others get its metrics
+            return self.dist.broadcast_object(None)
         if self.best is None:  # no evaluation happened (e.g. epochs < eval_every): evaluate now
             self._update_best(self.epoch, self.evaluate("valid"))
         if self.out_dir is not None:
@@ -322,7 +374,7 @@ class Trainer:
                            self.out_dir / "trajectory" / "best.pt")
         log.info("best epoch %d: test %s", self.best["epoch"],
                  "  ".join(f"{k} {v:.5f}" for k, v in test.items() if k.split("@")[0] in ("recall", "ndcg") and isinstance(v, float)))
-        return metrics
+        return self.dist.broadcast_object(metrics)
 
 
 def load_checkpoint_file(path: Path) -> dict:
