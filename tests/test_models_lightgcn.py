@@ -125,7 +125,7 @@ def test_gradient_when_only_user_side_is_used_and_gradcheck():
     assert torch.allclose(m.user_emb.weight.grad, want[:4])
     assert torch.allclose(m.item_emb.weight.grad, want[4:])
 
-    from freqd.models.lightgcn import _LayerMean, Workspace
+    from freqd.models.lightgcn import Workspace, _LayerMean
 
     uw = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     iw = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
