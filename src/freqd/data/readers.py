@@ -630,10 +630,15 @@ def read_split_folder(folder: str | os.PathLike, header: bool = True) -> SplitFi
         n_users, n_items = meta.get("num_users"), meta.get("num_items")
         start = meta.get("start_idx") or 0
         declared_inters = meta.get("num_inters")
+    for key, n in (("num_users", n_users), ("num_items", n_items)):
+        if n is not None and n > _MAX_INDEX:
+            raise DataError(f"{key}: {n} exceeds the supported maximum {_MAX_INDEX:,}", str(cfg_path))
     pairs = {}
+    line_nos = {}
     total = 0
     for s, f in files.items():
         users, items, lines = _read_pair_file(f, header)
+        line_nos[s] = lines
         if start:
             users, items = users - start, items - start
         for arr, what, n in ((users, "user", n_users), (items, "item", n_items)):
@@ -661,7 +666,33 @@ def read_split_folder(folder: str | os.PathLike, header: bool = True) -> SplitFi
     if total == 0:
         raise DataError("no interactions in the split files", str(folder))
     if n_users is None:
-        n_users = int(max((u.max() + 1 if len(u) else 0) for u, _ in pairs.values()))
+        n_users = _inferred_count(pairs, 0, "user", files, line_nos, start)
     if n_items is None:
-        n_items = int(max((i.max() + 1 if len(i) else 0) for _, i in pairs.values()))
+        n_items = _inferred_count(pairs, 1, "item", files, line_nos, start)
     return SplitFiles(pairs, int(n_users), int(n_items), files)
+
+
+#: largest number of users / items (ids index int32 CSR matrices and embedding tables)
+_MAX_INDEX = 2**31 - 1
+
+
+def _inferred_count(pairs: dict, col: int, what: str, files: dict, line_nos: dict,
+                    start: int = 0) -> int:
+    """max id + 1 over the splits, refusing a range mostly unused (ids are 0-based and
+    contiguous in this format): one stray huge id would otherwise size the embedding tables."""
+    ids = np.concatenate([p[col] for p in pairs.values()])
+    if not len(ids):
+        return 0
+    top = int(ids.max())
+    n_distinct = len(np.unique(ids))
+    if top + 1 > _MAX_INDEX or top + 1 > 2 * n_distinct + 1000:
+        s = next(s for s, p in pairs.items() if len(p[col]) and int(p[col].max()) == top)
+        k = int(np.argmax(pairs[s][col] == top))
+        raise DataError(
+            f"{what} id {top + start} is far beyond the {n_distinct:,} distinct {what} ids of the split "
+            f"files (pre-split files hold 0-based contiguous ids); declare num_{what}s in "
+            "config.yaml, or load the data with format=lightgcn or csv to re-index it",
+            str(files[s]),
+            int(line_nos[s][k]),
+        )
+    return top + 1
