@@ -263,6 +263,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("freqd: interrupted (resume with --resume)", file=sys.stderr)
         return 130
+    except OSError as e:  # a resource fault not wrapped where it happened (permissions, disk full)
+        if os.environ.get("FREQD_DEBUG"):
+            raise
+        print(f"freqd: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

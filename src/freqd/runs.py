@@ -81,6 +81,7 @@ def resolve_config(
     from .models.registry import backbone_config
     from .train.config import TrainConfig
 
+    dataset = _absolute_ref(dataset)
     over = dict(overrides or {})
     _check_top(over, " on the command line")
     filecfg = load_yaml(config_file) if config_file else {}
@@ -114,6 +115,10 @@ def resolve_config(
     if teacher is not None:
         full["teacher"] = str(teacher)
     _check_top(full, "")
+    if full.get("teacher"):
+        full["teacher"] = str(Path(str(full["teacher"])).expanduser().resolve())
+    if full.get("data_dir"):
+        full["data_dir"] = str(Path(str(full["data_dir"])).expanduser().resolve())
 
     out: dict = {"kind": kind, "dataset": dataset, "data_dir": full.get("data_dir"),
                  "backbone": backbone, "role": role}
@@ -141,6 +146,18 @@ def resolve_config(
     return out
 
 
+def _absolute_ref(dataset: str) -> str:
+    """A dataset path as an absolute path (a run must load it again from any folder);
+    registry names (a bare name the registry knows) stay as they are."""
+    from .data.registry import lookup
+
+    bare = os.sep not in dataset and "/" not in dataset
+    if bare and lookup(dataset) is not None:
+        return dataset
+    p = Path(dataset).expanduser()
+    return str(p.resolve()) if p.exists() else dataset
+
+
 def typed(cfg: dict):
     """Typed config objects (data, model, train, method) of a resolved config dict."""
     from .data.load import DataConfig
@@ -164,9 +181,12 @@ def typed(cfg: dict):
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on RUN_DIR: a second run pointed at the same folder refuses."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / ".lock"
-    fh = open(lock_path, "a+")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+")
+    except OSError as e:  # unwritable parent, a file in the way, disk full
+        raise FreqdError(f"cannot write {run_dir}: {e.strerror or e}") from None
     try:
         try:
             import fcntl
