@@ -194,9 +194,12 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
         raise FreqdError(f"{run_dir}: exists and is not a freqd run directory; choose another --out")
     if dctx.is_main:
         dctx.broadcast_object(False)
+    fresh = dctx.is_main and not (run_dir / "config.yaml").exists()  # no earlier run to keep
+    first_new = _first_missing(run_dir)
     with run_lock(run_dir) if dctx.is_main else contextlib.nullcontext():
-        handler = _setup_logging(run_dir if dctx.is_main else None)
+        handler = None
         try:
+            handler = _setup_logging(run_dir if dctx.is_main else None)
             if dctx.is_main:
                 write_run_config(run_dir, cfg)
             torch.manual_seed(train_cfg.seed)
@@ -219,11 +222,52 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
             trainer = Trainer(model, ds, train_cfg, out_dir=run_dir, distiller=distiller,
                               kd_weight=weight, extra_metrics=extra)
             trainer.fit(resume=resume)
+        except Exception:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+                handler = None
+            if fresh:  # failed before anything resumable: leave no partial output behind
+                _discard_fresh_run(run_dir, first_new)
+            raise
         finally:
             if handler is not None:
                 log.removeHandler(handler)
                 handler.close()
     return Run(run_dir, dataset=ds, device=train_cfg.device)
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, if any."""
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _discard_fresh_run(run_dir: Path, first_new: Optional[Path]) -> None:
+    """Remove what a run that failed before its first checkpoint wrote into ``run_dir``
+    (and the folders it created), unless a checkpoint exists to resume from."""
+    from .train.trainer import CKPT
+
+    if (run_dir / CKPT).exists():
+        return
+    for name in ("config.yaml", "train.log", "history.csv", "best.pt", ".lock"):
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink()
+    if first_new is None:
+        return
+    d = run_dir
+    while True:
+        try:
+            d.rmdir()  # only if empty
+        except OSError:
+            return
+        if d == first_new:
+            return
+        d = d.parent
 
 
 def train(dataset: DatasetLike = "citeulike-t", backbone: str = "mf", dim: Optional[int] = None,
@@ -251,7 +295,11 @@ def distill(dataset: DatasetLike = "citeulike-t", teacher: Union[str, Path, Run]
                          method=method, teacher=str(trun.dir), config_file=config, overrides=overrides,
                          flags={"train": train_options} if train_options else None)
     ds = _dataset_for(cfg, ds_obj)
-    trun._dataset = trun._dataset or ds
-    if trun.dataset.fingerprint() != ds.fingerprint():
+    from .train.trainer import BEST, load_checkpoint_file
+
+    tfp = load_checkpoint_file(trun.dir / BEST).get("fingerprint")  # the teacher's training data
+    if tfp is not None and tfp != ds.fingerprint():
         raise ConfigError(f"option '--teacher': {trun.dir} was trained on other data ({trun.config['dataset']!r}) than {cfg['dataset']!r}")
+    trun._dataset = trun._dataset or ds
+    trun.model  # noqa: B018 - load the teacher now: a bad teacher fails before --out is created
     return _run(cfg, out, ds, resume, teacher_run=trun)
