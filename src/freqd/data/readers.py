@@ -665,6 +665,8 @@ def read_split_folder(folder: str | os.PathLike, header: bool = True) -> SplitFi
         )
     if total == 0:
         raise DataError("no interactions in the split files", str(folder))
+    if not len(pairs["train"][0]):
+        raise DataError("no training interactions (header only)", str(files["train"]))
     if n_users is None:
         n_users = _inferred_count(pairs, 0, "user", files, line_nos, start)
     if n_items is None:
