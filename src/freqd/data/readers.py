@@ -107,13 +107,16 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def read_head(path: str | os.PathLike, n: int = 1 << 16) -> bytes:
     """The first ``n`` bytes of a file (decompressed if gzip), for format sniffing."""
     p = Path(path)
+    is_gz = False
     try:
         with open(p, "rb") as fh:
             magic = fh.read(2)
-        opener = gzip.open if magic == b"\x1f\x8b" else open
-        with opener(p, "rb") as fh:
+        is_gz = magic == b"\x1f\x8b"
+        with (gzip.open if is_gz else open)(p, "rb") as fh:
             data = fh.read(n)
     except (OSError, EOFError, zlib.error) as e:
+        if is_gz and not isinstance(e, (FileNotFoundError, PermissionError)):
+            raise DataError(f"corrupt or truncated gzip file ({e})", str(p)) from None
         raise DataError(f"cannot read file: {getattr(e, 'strerror', None) or e}", str(p)) from None
     return data.removeprefix(_UTF8_BOM)
 
