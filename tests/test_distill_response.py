@@ -349,6 +349,8 @@ def test_cd_hand_values():
     _, _, s, d = hand(method="cd", sample_num=2, n_distill=2, t1=2.0, t2=0.5, guide="teacher")
     d.prepare(None)
     d.samples = torch.tensor([[1, 3]])  # teacher scores [2, 0], student [0.5, 2]
+    d.samples_t = d._teacher_scores(d.samples)
+    assert d.samples_t.tolist() == [[2.0, 0.0]]
     expect = 0.0
     for t, x in ((2.0, 0.5), (0.0, 2.0)):
         w = sig((t + 0.5) / 2.0)
@@ -384,6 +386,7 @@ def test_dcd_hand_values():
     d.under, d.over = torch.tensor([[2]]), torch.tensor([[1]])  # student -0.5 and 0.5
     assert loss_of(d, s) == pytest.approx(rrd_hand([-0.5], [0.5]), rel=1e-5)
     d.cfg.objective = "ce"
+    d.teacher_t = d._teacher_scores(torch.cat([d.under, d.over], 1))
     # teacher [1, 2] vs student [-0.5, 0.5] over (under + over)
     pt = [math.exp(1) / (math.exp(1) + math.exp(2)), math.exp(2) / (math.exp(1) + math.exp(2))]
     lz = math.log(math.exp(-0.5) + math.exp(0.5))
@@ -588,3 +591,46 @@ def test_preset_is_valid(path):
     assert path.read_text().startswith("# Source:")
     method_config(path.stem, data["method"])
     from_dict(TrainConfig, data.get("train", {}), prefix="train.")
+
+
+def hetcomp_reference(d, student, users: torch.Tensor) -> float:
+    """The authors' HetComp losses, written densely in float64 (slow path)."""
+    with torch.no_grad():
+        full = student.score(users, student.propagate()).double().clamp(-40, 40)
+    mask = torch.as_tensor(d.dataset.train[users.numpy()].toarray() > 0).double()
+    top, pos = d.top_items(users), d.positives[users]
+    tot = (full.exp() * (1 - mask)).sum(1, keepdim=True)
+    if d.progress < d.n_ckpt - 1:
+        tops = full.gather(1, torch.cat([pos, top], 1))
+        els = tot - full.gather(1, top).exp().sum(1, keepdim=True)
+        below = (els + tops.exp()).clamp(min=1e-5).log()
+        return float(-(tops - below).sum() * 2)
+
+    def rank_part(s, others):
+        below = (s.flip(-1).exp().cumsum(1) + others).clamp(min=1e-5).log().sum(1)
+        return -(s.sum(1) - below).sum()
+
+    k = top.shape[1]
+    s_pos = full.gather(1, pos)
+    s_half, s_tenth = full.gather(1, top[:, :k // 2]), full.gather(1, top[:, :k // 10])
+    b2_half = tot - s_half.exp().sum(1, keepdim=True)
+    b2_tenth = tot - s_tenth.exp().sum(1, keepdim=True)
+    return float(rank_part(s_pos, b2_half)
+                 + (rank_part(s_half, b2_half) + rank_part(s_tenth, b2_tenth)) / 2)
+
+
+@pytest.mark.parametrize("phase", ["overall", "rank"])
+def test_hetcomp_loss_equals_dense_reference(tmp_path, ds_tiny, phase):
+    t, s = tiny_models(ds_tiny)
+    with torch.no_grad():  # a student with a wide score range
+        s.user_emb.weight.mul_(20)
+        s.item_emb.weight.mul_(20)
+    traj = write_trajectory(tmp_path / "t", ds_tiny)
+    d = build_distiller("hetcomp", t, s, ds_tiny, {"trajectory_dir": str(traj), "top_k": 30})
+    d.prepare(None)
+    d.level = torch.randint(0, d.n_ckpt, (ds_tiny.n_users,), generator=torch.Generator().manual_seed(0))
+    if phase == "rank":
+        d.progress = float(d.n_ckpt - 1)
+    users = torch.arange(0, ds_tiny.n_users, 3)
+    got = loss_of(d, s, users=tuple(users.tolist()))
+    assert got == pytest.approx(hetcomp_reference(d, s, users), rel=2e-5)

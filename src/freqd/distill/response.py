@@ -210,6 +210,23 @@ class _Response(Distiller):
         for name in self._epoch_buffers:
             setattr(self, name, state[name].to(dev) if name in state else None)
 
+    @torch.no_grad()
+    def _teacher_scores(self, items: Tensor) -> Tensor:
+        """The frozen teacher's scores of ``items[u]`` for every user u, ``[U, k]``.
+
+        Computed once per list (chunked so that a chunk gathers at most ~16M teacher
+        embedding entries) instead of in every step: the teacher gather dominated the step.
+        """
+        reps = self.teacher_reps()
+        d = reps[1].shape[1]
+        n, k = items.shape
+        rows = max(1, (1 << 24) // max(1, k * d))
+        dev = reps[0].device
+        out = [self.teacher.pair_scores(torch.arange(lo, min(lo + rows, n), device=dev),
+                                        items[lo:lo + rows].to(dev), reps).float()
+               for lo in range(0, n, rows)]
+        return torch.cat(out).to(items.device) if out else items.new_zeros(0, k).float()
+
     def _rows_sample(self, weights_fn: Callable[[slice], Tensor], n_rows: int, n: int,
                      log: bool = False) -> Tensor:
         """Sample ``n`` distinct columns per row, rows in chunks (weights built per chunk)."""
@@ -260,7 +277,7 @@ class KD(_Response):
 
     name = "kd"
     config_class = KDConfig
-    _epoch_buffers = ("lists",)
+    _epoch_buffers = ("lists", "list_t")
 
     def prepare(self, cache_dir=None) -> None:
         cfg = self.cfg
@@ -269,6 +286,7 @@ class KD(_Response):
                                 lambda: {"lists": self._topk(self._teacher_fn(), cfg.top_k, "top_k",
                                                              cfg.mask_train)})
             self.lists = data["lists"]
+            self.list_t = self._teacher_scores(self.lists)
         else:  # validate K against the data now rather than at the first epoch
             most = int(np.diff(self.dataset.train.indptr).max()) if cfg.mask_train else 0
             if cfg.top_k > self.dataset.n_items - most:
@@ -280,14 +298,13 @@ class KD(_Response):
         if self.cfg.guide == "student":
             self.lists = self._topk(self._model_fn(self.student), self.cfg.top_k, "top_k",
                                     self.cfg.mask_train)
+            self.list_t = self._teacher_scores(self.lists)
 
     def loss(self, batch, student_reps):
         self._sync(student_reps[0].device)
         u, w = self._batch_users(batch["users"], self.cfg.dedup_users)
-        items = self.lists[u]
-        with torch.no_grad():
-            t = self.teacher.pair_scores(u, items, self.teacher_reps())
-        s = self.student.pair_scores(u, items, student_reps)
+        t = self.list_t[u]
+        s = self.student.pair_scores(u, self.lists[u], student_reps)
         tau = self.cfg.tau
         per = -(torch.softmax(t / tau, -1) * F.log_softmax(s / tau, -1)).sum(1)
         loss = (w * per).sum()
@@ -441,7 +458,7 @@ class CD(_Response):
 
     name = "cd"
     config_class = CDConfig
-    _epoch_buffers = ("samples",)
+    _epoch_buffers = ("samples", "samples_t")
 
     def prepare(self, cache_dir=None) -> None:
         cfg = self.cfg
@@ -452,6 +469,7 @@ class CD(_Response):
         self._q = torch.log(cd_rank_weights(cfg.sample_num, cfg.temperature))
         if cfg.guide == "teacher":
             self.samples = self._draw(self._teacher_fn())
+            self.samples_t = self._teacher_scores(self.samples)
 
     def _draw(self, fn) -> Tensor:
         """Per user chunk: guide's top ``sample_num``, ranks sampled, items gathered."""
@@ -470,16 +488,14 @@ class CD(_Response):
         self.epoch = epoch
         if self.cfg.guide == "student":
             self.samples = self._draw(self._model_fn(self.student))
+            self.samples_t = self._teacher_scores(self.samples)
 
     def loss(self, batch, student_reps):
         self._sync(student_reps[0].device)
         cfg = self.cfg
         u, cnt = self._batch_users(batch["users"], cfg.dedup_users)
-        items = self.samples[u]
-        with torch.no_grad():
-            t = self.teacher.pair_scores(u, items, self.teacher_reps())
-            target = torch.sigmoid((t + cfg.t2) / cfg.t1)
-        s = self.student.pair_scores(u, items, student_reps)
+        target = torch.sigmoid((self.samples_t[u] + cfg.t2) / cfg.t1)
+        s = self.student.pair_scores(u, self.samples[u], student_reps)
         per = F.binary_cross_entropy_with_logits(s, target, reduction="none").sum(1)
         return {"loss": (cnt * per).sum()}
 
@@ -613,7 +629,7 @@ class DCD(_Response):
 
     name = "dcd"
     config_class = DCDConfig
-    _epoch_buffers = ("under", "over")
+    _epoch_buffers = ("under", "over", "teacher_t")
 
     def prepare(self, cache_dir=None) -> None:
         cfg = self.cfg
@@ -643,6 +659,8 @@ class DCD(_Response):
         dev = self._device()
         self.under = lists.gather(1, iu).to(dev)
         self.over = lists.gather(1, io).to(dev)
+        self.teacher_t = (self._teacher_scores(torch.cat([self.under, self.over], 1))
+                          if cfg.objective == "ce" else None)
 
     def loss(self, batch, student_reps):
         self._sync(student_reps[0].device)
@@ -652,9 +670,7 @@ class DCD(_Response):
         so = self.student.pair_scores(u, self.over[u], student_reps)
         if cfg.objective == "relaxed":
             return {"loss": relaxed_ranking_loss(su, so, clip=cfg.clip)}
-        items = torch.cat([self.under[u], self.over[u]], 1)
-        with torch.no_grad():
-            t = self.teacher.pair_scores(u, items, self.teacher_reps())
+        t = self.teacher_t[u]
         s = torch.cat([su, so], 1)
         loss = -(torch.softmax(t / cfg.tau, -1) * F.log_softmax(s / cfg.tau, -1)).sum()
         return {"loss": loss}
@@ -1047,11 +1063,14 @@ class HetComp(_Response):
 
     # -- loss ---------------------------------------------------------------------------
     @staticmethod
-    def _lse_without(base: Tensor, items: Tensor) -> Tensor:
-        """log sum exp over a row's entries except ``items`` (and those already -inf)."""
-        if items.shape[1] == 0:
-            return torch.logsumexp(base, 1)
-        return torch.logsumexp(base.scatter(1, items, float("-inf")), 1)
+    def _log_mass_without(lse: Tensor, removed: Tensor) -> Tensor:
+        """``log(exp(lse) - sum_j exp(removed_j))`` per row: the mass of a row without some
+        of its entries, by subtraction as the authors compute it (in float64, relative to
+        the total, so no second full-row pass is needed); floored at 1e-30 of the total."""
+        if removed.shape[1] == 0:
+            return lse
+        rel = 1.0 - torch.exp((removed - lse[:, None]).double()).sum(1)
+        return (lse.double() + torch.log(torch.clamp(rel, min=1e-30))).to(lse.dtype)
 
     def loss(self, batch, student_reps):
         self._sync(student_reps[0].device)
@@ -1066,19 +1085,21 @@ class HetComp(_Response):
         top = self.top_items(u)
         pos = self.positives[u]
         floor = math.log(1e-5)
+        lse = torch.logsumexp(base, 1)               # all non-training items
         if self.progress < self.n_ckpt - 1:
             tops = full.gather(1, torch.cat([pos, top], 1))
-            log_els = self._lse_without(base, top)
+            log_els = self._log_mass_without(lse, tops[:, pos.shape[1]:])
             below = torch.clamp(torch.logaddexp(tops, log_els[:, None]), min=floor)
             per = 2.0 * (below - tops).sum(1)
         else:
             k = top.shape[1]
-            half, tenth = top[:, :k // 2], top[:, :k // 10]
-            lm_half = self._lse_without(base, half)
-            lm_tenth = self._lse_without(base, tenth)
+            s_half = full.gather(1, top[:, :k // 2])
+            s_tenth = s_half[:, :k // 10]
+            lm_half = self._log_mass_without(lse, s_half)
+            lm_tenth = self._log_mass_without(lse, s_tenth)
             rr = {"clip": None, "floor": 1e-5, "reduction": "none"}
             pos_l = relaxed_ranking_loss(full.gather(1, pos), log_mass=lm_half, **rr)
-            top_l = relaxed_ranking_loss(full.gather(1, half), log_mass=lm_half, **rr)
-            sub_l = relaxed_ranking_loss(full.gather(1, tenth), log_mass=lm_tenth, **rr)
+            top_l = relaxed_ranking_loss(s_half, log_mass=lm_half, **rr)
+            sub_l = relaxed_ranking_loss(s_tenth, log_mass=lm_tenth, **rr)
             per = pos_l + (top_l + sub_l) / 2
         return {"loss": (cnt * per).sum()}

@@ -1,0 +1,216 @@
+"""Cost of the response-based distillers (KD, RD, CD, RRD, DCD, UnKD, HetComp).
+
+1. Speed on CiteULike-t, random BPR-MF teacher (d=400) -> student (d=20): seconds for
+   ``prepare`` + ``on_epoch_start`` + one epoch of ``n_batches`` loss/backward/Adam steps
+   (base BPR + lambda * KD) per method, printed next to, and as a ratio to, a scratch BPR
+   epoch (the same steps without distillation) measured in the same run.
+2. Peak memory on Gowalla (MF 300 -> 20): each method in a fresh subprocess runs
+   ``prepare`` + ``on_epoch_start`` + ``--gowalla-batches`` steps and reports ``ru_maxrss``
+   (peak RSS of the whole process: data, models and the method), next to a subprocess that
+   only loads the data and builds the models.
+
+Method settings are the CiteULike-t MF presets (src/freqd/configs/methods/...) where they
+exist, else the method defaults; RD starts its dynamic weights at epoch 0 so that they are
+timed; HetComp reads a fake trajectory of random teacher checkpoints written to a temp folder.
+
+Run:  python benchmarks/bench_response.py [--data-dir DIR] [--skip-gowalla] [--methods kd,rrd]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "src" / "freqd" / "configs" / "methods"
+METHODS = ["kd", "rd", "cd", "rrd", "rrd-nosample", "dcd", "unkd", "hetcomp"]
+
+
+# -- data and models -----------------------------------------------------------------------
+def load(name: str, data_dir: str):
+    """The dataset via freqd.data.load_dataset, else a minimal reader of processed/*.txt.gz."""
+    try:
+        from freqd.data import load_dataset
+
+        return load_dataset(name, data_dir=data_dir)
+    except ImportError:
+        import gzip
+
+        from freqd.data.dataset import Dataset
+
+        folder = Path(data_dir) / {"citeulike-t": "citeulike"}.get(name, name) / "processed"
+
+        def pairs(split):
+            with gzip.open(folder / f"{split}.txt.gz", "rt") as fh:
+                a = np.loadtxt(fh, dtype=np.int64, skiprows=1, delimiter="\t")
+            return a[:, 0], a[:, 1]
+
+        return Dataset.from_pairs(name, pairs("train"), pairs("valid"), pairs("test"))
+
+
+def mf(ds, dim: int, seed: int):
+    from freqd.models.mf import MF, MFConfig
+
+    torch.manual_seed(seed)
+    return MF(ds.n_users, ds.n_items, MFConfig(dim=dim))
+
+
+def batches(ds, n: int, size: int, seed: int = 0):
+    g = np.random.default_rng(seed)
+    u, i = ds.train_pairs()
+    out = []
+    for _ in range(n):
+        idx = g.integers(0, len(u), size)
+        out.append({"users": torch.as_tensor(u[idx]), "pos": torch.as_tensor(i[idx]),
+                    "neg": torch.as_tensor(g.integers(0, ds.n_items, (size, 1)))})
+    return out
+
+
+def method_settings(method: str, dataset: str, traj: Path | None) -> tuple[str, dict]:
+    from freqd.config import load_yaml
+
+    name = "rrd" if method == "rrd-nosample" else method
+    p = PRESETS / dataset / "mf" / f"{name}.yaml"
+    if not p.exists():
+        p = PRESETS / "citeulike-t" / "mf" / f"{name}.yaml"
+    cfg = dict(load_yaml(p).get("method", {})) if p.exists() else {}
+    if method == "rrd-nosample":
+        cfg["sampling"] = False
+    if name == "rd":
+        cfg["start_epoch"] = 0
+    if name == "hetcomp":
+        cfg["trajectory_dir"] = str(traj)
+    return name, cfg
+
+
+def write_trajectory(ds, dim: int, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for e in (10, 20):
+        torch.save({"model": mf(ds, dim, 1000 + e).state_dict(), "epoch": e},
+                   folder / f"epoch_{e:04d}.pt")
+    return folder
+
+
+def run_epoch(student, steps, distiller=None, weight=0.0, epoch=1):
+    """(seconds of on_epoch_start, seconds of the steps)."""
+    opt = torch.optim.Adam(list(student.parameters())
+                           + (list(distiller.parameters()) if distiller is not None else []),
+                           lr=1e-3)
+    t0 = time.perf_counter()
+    if distiller is not None:
+        distiller.on_epoch_start(epoch)
+    t1 = time.perf_counter()
+    for b in steps:
+        reps = student.propagate()
+        loss = student.loss(b, reps)["loss"]
+        if distiller is not None:
+            loss = loss + weight * distiller.loss(b, reps)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return t1 - t0, time.perf_counter() - t1
+
+
+def one_method(method: str, ds, teacher_dim: int, steps, tmp: Path, dataset: str) -> dict:
+    from freqd.distill.registry import build_distiller
+
+    teacher = mf(ds, teacher_dim, 100)
+    student = mf(ds, 20, 200)
+    traj = write_trajectory(ds, teacher_dim, tmp / "trajectory") if method == "hetcomp" else None
+    name, cfg = method_settings(method, dataset, traj)
+    dist = build_distiller(name, teacher, student, ds, cfg)
+    t0 = time.perf_counter()
+    dist.prepare(None)
+    prep = time.perf_counter() - t0
+    # HetComp: an epoch where the dynamic knowledge construction runs (epoch = period)
+    epoch = dist.cfg.period if name == "hetcomp" else 1
+    start, run = run_epoch(student, steps, dist, dist.cfg.weight, epoch)
+    return {"method": method, "prepare": prep, "epoch_start": start, "steps": run}
+
+
+# -- 1. speed on CiteULike-t -------------------------------------------------------------------
+def speed(args) -> None:
+    ds = load("citeulike-t", args.data_dir)
+    steps = batches(ds, args.batches, args.batch_size)
+    print(f"CiteULike-t: {ds.n_users} users, {ds.n_items} items; MF 400 -> 20; "
+          f"{args.batches} batches of {args.batch_size}; torch threads {torch.get_num_threads()}")
+    student = mf(ds, 20, 200)
+    run_epoch(student, steps[:3])                      # warm-up
+    _, scratch = run_epoch(mf(ds, 20, 200), steps)
+    print(f"{'method':<14}{'prepare s':>10}{'epoch start s':>14}{'steps s':>9}"
+          f"{'epoch/scratch':>15}{'total/scratch':>15}")
+    print(f"{'scratch BPR':<14}{0:>10.2f}{0:>14.2f}{scratch:>9.2f}{1:>15.2f}{1:>15.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in args.methods:
+            r = one_method(m, ds, 400, steps, Path(tmp), "citeulike-t")
+            ep = r["epoch_start"] + r["steps"]
+            print(f"{m:<14}{r['prepare']:>10.2f}{r['epoch_start']:>14.2f}{r['steps']:>9.2f}"
+                  f"{ep / scratch:>15.2f}{(ep + r['prepare']) / scratch:>15.2f}", flush=True)
+
+
+# -- 2. peak RSS on Gowalla --------------------------------------------------------------------
+def child(args) -> None:
+    """Subprocess body: one method on Gowalla, print a JSON line with ru_maxrss (GB)."""
+    ds = load("gowalla", args.data_dir)
+    steps = batches(ds, args.gowalla_batches, args.batch_size)
+    t0 = time.perf_counter()
+    if args.child == "none":
+        mf(ds, 300, 100), mf(ds, 20, 200)
+        r = {"method": "data+models only"}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = one_method(args.child, ds, 300, steps, Path(tmp), "gowalla")
+    r["seconds"] = time.perf_counter() - t0
+    r["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(r))
+
+
+def memory(args) -> None:
+    print(f"\nGowalla peak RSS (MF 300 -> 20; prepare + epoch start + {args.gowalla_batches} "
+          f"batches of {args.batch_size}; one subprocess per method)")
+    print(f"{'method':<18}{'peak RSS GB':>12}{'seconds':>9}")
+    for m in ["none", *args.methods]:
+        cmd = [sys.executable, __file__, "--child", m, "--data-dir", args.data_dir,
+               "--gowalla-batches", str(args.gowalla_batches), "--batch-size", str(args.batch_size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
+        if out.returncode != 0:
+            print(f"{m:<18} FAILED: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['method']:<18}{r['peak_rss_gb']:>12.2f}{r['seconds']:>9.1f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=os.environ.get("FREQD_DATA_DIR",
+                                                         str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--batches", type=int, default=48, help="steps per CiteULike-t epoch")
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--gowalla-batches", type=int, default=20,
+                    help="steps on Gowalla (the peak is reached in the first steps)")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-gowalla", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    if args.child:
+        child(args)
+        return
+    if not args.skip_speed:
+        speed(args)
+    if not args.skip_gowalla:
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()
