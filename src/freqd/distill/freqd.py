@@ -209,8 +209,17 @@ class FreqD(Distiller):
         before = c.placement == "before"
         if c.path == "local":
             plan = local_filter_plan(hops, self.filt, rows)
-            xs, xt = self._node_features(side, plan.cols, student_reps, project=before)
-            zs, zt = plan.apply(xs), plan.apply(xt)
+            if before and c.graph != "bipartite":
+                # H P(X) = (1/E) sum_e (H h_e) W2_e + (H 1) b2: the filter commutes with the
+                # projector's last (linear) layer, so only the hidden layer runs on the
+                # neighbourhood and the expensive d_T x d_T layer on the batch rows alone.
+                # The same number as projecting the neighbourhood, in far fewer FLOPs.
+                xs, xt = self._node_features(side, plan.cols, student_reps, project=False)
+                zs = self._filtered_projection(side, plan, xs)
+            else:
+                xs, xt = self._node_features(side, plan.cols, student_reps, project=before)
+                zs = plan.apply(xs)
+            zt = plan.apply(xt)
         else:
             n = op.n
             allnodes = torch.arange(n, device=rows.device)
@@ -219,6 +228,26 @@ class FreqD(Distiller):
         if not before:
             zs = self._project_rows(side, rows, zs)
         return _row_loss(zs, zt, c.loss)
+
+    def _filtered_projection(self, side: str, plan, x: Tensor) -> Tensor:
+        """(H P(x))[rows] with P the side's expert projector, computed as
+        (1/E) sum_e (H h_e(x)) W2_e + (H 1) mean_e b2_e, with h_e the experts' hidden layers
+        (with the projector's dropout, drawn per expert and row as in its forward())."""
+        proj = self.proj_user if side == "user" else self.proj_item
+        bank, p = proj.bank, proj.dropout
+        E, n, hid = bank.n_experts, x.shape[0], bank.hidden
+        if self.training and p > 0:
+            xe = F.dropout(x.unsqueeze(0).expand(E, n, x.shape[1]), p, training=True)
+            h = torch.relu(torch.baddbmm(bank.b1.unsqueeze(1), xe, bank.w1))
+            h = F.dropout(h, p, training=True)
+        else:
+            h = bank.hidden_layer(x)
+        hf = plan.apply(h.transpose(0, 1).reshape(n, E * hid))  # [B, E*hid]
+        b = hf.shape[0]
+        w2 = bank.w2.reshape(E * hid, bank.d_out)
+        ones = torch.ones(n, 1, device=x.device, dtype=x.dtype)
+        rowsum = plan.apply(ones)  # H 1 on the batch rows
+        return (hf @ w2) / E + rowsum * bank.b2.mean(0)
 
     def _project_rows(self, side: str, rows: Tensor, z: Tensor) -> Tensor:
         if self.cfg.graph != "bipartite":

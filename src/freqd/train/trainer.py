@@ -100,7 +100,7 @@ class Trainer:
             dense = [p for p in params if not getattr(self.model, "sparse_grad", False) or p not in set(self.model.parameters())]
             self.optimizer = torch.optim.SparseAdam(params, lr=cfg.lr) if not dense else _MixedAdam(self.model, params, cfg.lr)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.optimizer = _adam(params, cfg.lr, cfg.weight_decay)
         from ..data.sampling import TrainSampler
 
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -429,3 +429,12 @@ class _MixedAdam(torch.optim.Optimizer):
     def load_state_dict(self, st):
         self.sparse.load_state_dict(st["sparse"])
         self.dense.load_state_dict(st["dense"])
+
+
+def _adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with (coupled, L2-style) weight decay, as the authors train. The fused kernel
+    does the same update several times faster on CPU for large embedding tables."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch / unsupported device
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

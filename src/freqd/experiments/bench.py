@@ -1,0 +1,204 @@
+"""``freqd bench``: the paper's comparison in one command, resumable.
+
+A bench is a grid of runs under ``OUT/runs/``: one teacher, and per seed a student from
+scratch and one student per method. Every run is an ordinary run directory named by a hash
+of its resolved configuration, so a finished run is reused (also by a later bench with
+other methods or seeds) and an interrupted one resumes from its last checkpoint: nothing
+finished is redone and nothing is lost. After the grid, the report (results.csv, table.md,
+efficiency.md, plots) is written from the run directories alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import ConfigError, FreqdError
+
+log = logging.getLogger("freqd")
+
+
+@dataclass
+class RunSpec:
+    """One run of the grid."""
+
+    label: str  # "teacher", "scratch" or a method name
+    kind: str  # "train" | "distill"
+    seed: int
+    cfg: dict  # resolved configuration
+    out: Path = field(default=Path("."))
+
+    @property
+    def done(self) -> bool:
+        return (self.out / "metrics.json").is_file()
+
+
+def config_hash(cfg: dict) -> str:
+    """Hash of a resolved config, ignoring settings that do not change results."""
+    c = json.loads(json.dumps(cfg, default=str))
+    tr = c.get("train", {})
+    for k in ("device", "progress", "threads", "eval_chunk"):
+        tr.pop(k, None)
+    c.pop("data_dir", None)
+    if "teacher" in c:  # identify the teacher by its own hash (its folder name), not its path
+        c["teacher"] = Path(c["teacher"]).name
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _merge_over(*ds: Optional[dict]) -> dict:
+    from ..config import merge
+
+    out: dict = {}
+    for d in ds:
+        if d:
+            out = merge(out, d)
+    return out
+
+
+def plan_grid(
+    dataset: str,
+    backbone: str,
+    methods: Sequence[str],
+    seeds: int,
+    out: Path,
+    teacher_backbone: Optional[str] = None,
+    teacher_dir: Optional[str] = None,
+    protocol: Optional[str] = None,
+    overrides: Optional[dict] = None,
+    teacher_overrides: Optional[dict] = None,
+    data_dir: Optional[str] = None,
+    teacher_seed: int = 0,
+    scratch: bool = True,
+) -> List[RunSpec]:
+    """Resolve every run's configuration (validating all of them before anything runs)."""
+    from ..registry_names import check_methods
+    from ..runs import resolve_config
+
+    check_methods(methods)
+    if seeds < 1:
+        raise ConfigError(f"option '--seeds': must be >= 1, got {seeds}")
+    tb = teacher_backbone or backbone
+    common = _merge_over({"train": {"protocol": protocol}} if protocol else None,
+                         {"data_dir": data_dir} if data_dir else None, overrides)
+    runs_dir = out / "runs"
+    specs: List[RunSpec] = []
+    if teacher_dir:
+        tdir = Path(teacher_dir)
+        if not (tdir / "metrics.json").is_file():
+            raise ConfigError(f"option '--teacher': {tdir} is not a finished run (no metrics.json)")
+    else:
+        tcfg = resolve_config("train", dataset, backbone=tb, role="teacher",
+                              overrides=_merge_over(common, teacher_overrides, {"train": {"seed": teacher_seed}}))
+        tdir = runs_dir / f"teacher-{tb}-d{tcfg['model']['dim']}-{config_hash(tcfg)}"
+        specs.append(RunSpec("teacher", "train", teacher_seed, tcfg, tdir))
+    for seed in range(seeds):
+        over = _merge_over(common, {"train": {"seed": seed}})
+        if scratch:
+            scfg = resolve_config("train", dataset, backbone=backbone, role="student", overrides=over)
+            specs.append(RunSpec("scratch", "train", seed, scfg,
+                                 runs_dir / f"scratch-{backbone}-d{scfg['model']['dim']}-s{seed}-{config_hash(scfg)}"))
+        for m in methods:
+            mcfg = resolve_config("distill", dataset, backbone=backbone, method=m, teacher=str(tdir),
+                                  role="student", overrides=over)
+            specs.append(RunSpec(m, "distill", seed, mcfg,
+                                 runs_dir / f"{m}-{backbone}-s{seed}-{config_hash(mcfg)}"))
+    return specs
+
+
+def _cli_args(spec: RunSpec) -> List[str]:
+    """A subprocess command that runs ``spec`` (its resolved config passed as a YAML file)."""
+    from ..config import dump_yaml
+    from ..utils.atomic import write_text
+
+    cfg_file = spec.out.parent / f".{spec.out.name}.yaml"
+    write_text(cfg_file, dump_yaml({k: v for k, v in spec.cfg.items() if k not in ("kind", "teacher")}))
+    args = [sys.executable, "-m", "freqd", spec.kind, spec.cfg["dataset"], "--out", str(spec.out),
+            "--config", str(cfg_file), "--resume", "--no-progress"]
+    if spec.kind == "distill":
+        args += ["--teacher", spec.cfg["teacher"], "--method", spec.cfg["method"]["name"]]
+    return args
+
+
+def _run_inprocess(spec: RunSpec) -> None:
+    from .. import api
+
+    c = {k: v for k, v in spec.cfg.items() if k not in ("kind", "teacher", "dataset")}
+    if spec.kind == "train":
+        api.train(spec.cfg["dataset"], backbone=spec.cfg["backbone"], out=spec.out, overrides=c,
+                  resume=True, role=spec.cfg["role"])
+    else:
+        m = dict(c)
+        api.distill(spec.cfg["dataset"], teacher=spec.cfg["teacher"], method=spec.cfg["method"]["name"],
+                    out=spec.out, backbone=spec.cfg["backbone"], overrides=m, resume=True)
+
+
+class Progress:
+    def __init__(self, specs: List[RunSpec]):
+        self.total = len(specs)
+        self.t0 = time.perf_counter()
+
+    def line(self, done: int, running: List[str], msg: str = "") -> None:
+        el = time.perf_counter() - self.t0
+        left = self.total - done - len(running)
+        run = ", ".join(running) if running else "-"
+        print(f"[bench] {done}/{self.total} done, running: {run}, {left} left, {el / 60:.1f} min so far {msg}",
+              file=sys.stderr, flush=True)
+
+
+def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None:
+    """Run every unfinished spec (teacher first); finished runs are skipped."""
+    prog = Progress(specs)
+    done = sum(s.done for s in specs)
+    teacher = [s for s in specs if s.label == "teacher"]
+    rest = [s for s in specs if s.label != "teacher"]
+    for batch in ([teacher, rest] if teacher else [rest]):
+        todo = [s for s in batch if not s.done]
+        if jobs <= 1:
+            for s in todo:
+                prog.line(done, [f"{s.label}/s{s.seed}"])
+                _run_inprocess(s)
+                done += 1
+        else:
+            running: Dict[subprocess.Popen, RunSpec] = {}
+            queue = list(todo)
+            failed: List[str] = []
+            while queue or running:
+                while queue and len(running) < jobs:
+                    s = queue.pop(0)
+                    logf = open(s.out.parent / f".{s.out.name}.out", "ab")
+                    env = dict(os.environ, FREQD_NO_PROGRESS="1")
+                    env.setdefault("OMP_NUM_THREADS", "1")
+                    p = subprocess.Popen(_cli_args(s), stdout=logf, stderr=subprocess.STDOUT, env=env)
+                    running[p] = s
+                    prog.line(done, [f"{r.label}/s{r.seed}" for r in running.values()])
+                time.sleep(0.5)
+                for p in [p for p in running if p.poll() is not None]:
+                    s = running.pop(p)
+                    if p.returncode != 0:
+                        failed.append(f"{s.label}/s{s.seed} (exit {p.returncode}, log {s.out.parent / ('.' + s.out.name + '.out')})")
+                    else:
+                        done += 1
+                        prog.line(done, [f"{r.label}/s{r.seed}" for r in running.values()])
+            if failed:
+                raise FreqdError("bench runs failed: " + "; ".join(failed))
+    prog.line(done, [], "(grid complete)")
+
+
+def bench(dataset: str, backbone: str = "mf", methods: Sequence[str] = ("fd", "freqd"), seeds: int = 1,
+          out: str | Path = "bench", jobs: int = 1, report: bool = True, **kw) -> Path:
+    """Plan, run and report a grid; returns the output folder."""
+    out = Path(out)
+    specs = plan_grid(dataset, backbone, methods, seeds, out, **kw)
+    run_grid(specs, jobs=jobs)
+    if report:
+        from .report import write_report
+
+        write_report(out, specs)
+    return out

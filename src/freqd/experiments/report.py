@@ -1,0 +1,229 @@
+"""Bench reports: results.csv, table.md (the paper's layout), efficiency.md and plots.
+
+Everything is read back from the run directories, so a report can be rebuilt at any time
+(``freqd bench ... --report-only``)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ..utils.atomic import write_text
+
+METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+
+
+def _rows(specs) -> List[dict]:
+    rows = []
+    for s in specs:
+        p = s.out / "metrics.json"
+        if not p.is_file():
+            continue
+        m = json.loads(p.read_text())
+        row = {
+            "label": s.label, "kind": s.kind, "seed": s.seed,
+            "dataset": s.cfg["dataset"], "backbone": s.cfg["backbone"], "dim": s.cfg["model"]["dim"],
+            "protocol": m["protocol"], "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+            "seconds_per_epoch": round(m["seconds_per_epoch"], 4), "eval_seconds": round(m["eval_seconds"], 4),
+            "run_dir": str(s.out),
+        }
+        for k in METRICS:
+            row[f"test_{k}"] = m["test"].get(k)
+            row[f"valid_{k}"] = m["valid"].get(k)
+        rows.append(row)
+    return rows
+
+
+def _mean_std(xs: Sequence[float]):
+    n = len(xs)
+    mu = sum(xs) / n
+    sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    return mu, sd
+
+
+def paired_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided paired t-test p-value over seeds (None with fewer than 2 pairs)."""
+    if len(a) < 2 or len(a) != len(b):
+        return None
+    from scipy import stats
+
+    d = [x - y for x, y in zip(a, b)]
+    if all(abs(x - d[0]) < 1e-15 for x in d):
+        return 0.0 if abs(d[0]) > 0 else 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def _order(labels: Sequence[str]) -> List[tuple]:
+    from ..distill.registry import GROUPS
+
+    out = []
+    if "teacher" in labels:
+        out.append(("", "teacher"))
+    if "scratch" in labels:
+        out.append(("", "scratch"))
+    for g in ("response", "feature", "relation", "freqd"):
+        for m in GROUPS[g]:
+            if m in labels:
+                out.append((g, m))
+    for lab in labels:
+        if lab not in [x[1] for x in out]:
+            out.append(("other", lab))
+    return out
+
+
+def make_table(rows: List[dict]) -> str:
+    by: Dict[str, Dict[int, dict]] = {}
+    for r in rows:
+        by.setdefault(r["label"], {})[r["seed"]] = r
+    order = _order(list(by))
+    protocol = sorted({r["protocol"] for r in rows})
+    ds = sorted({r["dataset"] for r in rows})
+    out = io.StringIO()
+    out.write(f"Dataset: {', '.join(ds)} | protocol: {', '.join(protocol)} | test metrics at the best validation epoch, "
+              f"mean ± std over seeds (n = number of seeds)\n\n")
+    out.write("| group | method | n | " + " | ".join(k.replace("@", "@") for k in METRICS) + " |\n")
+    out.write("|---|---|---|" + "---|" * len(METRICS) + "\n")
+    baselines = [m for g, m in order if g in ("response", "feature", "relation")]
+    freqds = [m for g, m in order if g == "freqd"]
+    best_base = {}
+    for k in METRICS:
+        cands = [(sum(r[f"test_{k}"] for r in by[m].values()) / len(by[m]), m) for m in baselines]
+        best_base[k] = max(cands)[1] if cands else None
+    for g, m in order:
+        seeds = sorted(by[m])
+        cells = []
+        for k in METRICS:
+            xs = [by[m][s][f"test_{k}"] for s in seeds]
+            mu, sd = _mean_std(xs)
+            mark = ""
+            if g == "freqd" and best_base[k]:
+                common = [s for s in seeds if s in by[best_base[k]]]
+                p = paired_p([by[m][s][f"test_{k}"] for s in common], [by[best_base[k]][s][f"test_{k}"] for s in common])
+                if p is not None and p < 0.05:
+                    mark = "*"
+            cells.append(f"{mu:.4f} ± {sd:.4f}{mark}")
+        out.write(f"| {g} | {m} | {len(seeds)} | " + " | ".join(cells) + " |\n")
+    for f in freqds:
+        cells = []
+        for k in METRICS:
+            b = best_base[k]
+            if not b:
+                cells.append("-")
+                continue
+            mf = sum(r[f"test_{k}"] for r in by[f].values()) / len(by[f])
+            mb = sum(r[f"test_{k}"] for r in by[b].values()) / len(by[b])
+            cells.append(f"{100 * (mf - mb) / mb:+.1f}% (vs {b})" if mb else "-")
+        out.write(f"| | improvement of {f} over the best baseline | | " + " | ".join(cells) + " |\n")
+    out.write("\n`*`: paired t-test over seeds against the best baseline of that column, p < 0.05.\n")
+    return out.getvalue()
+
+
+def make_efficiency(rows: List[dict], specs) -> str:
+    import torch
+
+    out = io.StringIO()
+    out.write("| run | dim | parameters | training s/epoch (mean) | epochs run (mean) | score 1,000 users x all items (ms) |\n|---|---|---|---|---|---|\n")
+    seen = set()
+    by: Dict[str, List[dict]] = {}
+    for r in rows:
+        by.setdefault(r["label"], []).append(r)
+    for label, rs in by.items():
+        spec = next(s for s in specs if s.label == label and (s.out / "metrics.json").is_file())
+        params, ms = "-", "-"
+        if label in ("teacher", "scratch") or label not in seen:
+            try:
+                from ..api import Run
+
+                run = Run(spec.out)
+                model = run.model
+                params = f"{sum(p.numel() for p in model.parameters()):,}"
+                users = torch.arange(min(1000, model.n_users))
+                import time
+
+                with torch.no_grad():
+                    reps = model.propagate()
+                    model.score(users, reps)
+                    t0 = time.perf_counter()
+                    for _ in range(3):
+                        reps = model.propagate()
+                        model.score(users, reps)
+                    ms = f"{(time.perf_counter() - t0) / 3 * 1000:.1f}"
+            except Exception:  # pragma: no cover - report what is available
+                pass
+            seen.add(label)
+        spe = sum(r["seconds_per_epoch"] for r in rs) / len(rs)
+        ep = sum(r["epochs_run"] for r in rs) / len(rs)
+        out.write(f"| {label} | {rs[0]['dim']} | {params} | {spe:.2f} | {ep:.0f} | {ms} |\n")
+    out.write("\nParameters count the served model only (projectors are dropped after training). "
+              "Scoring time: propagate + score 1,000 users against all items on this machine's CPU.\n")
+    return out.getvalue()
+
+
+def write_plots(out_dir: Path, rows: List[dict], specs) -> List[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - plots are an optional extra
+        return []
+    paths = []
+    by: Dict[str, List[dict]] = {}
+    for r in rows:
+        by.setdefault(r["label"], []).append(r)
+    labels = [m for _, m in _order(list(by))]
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(labels) + 2), 3.6))
+    for ax, k in zip(axes, ("recall@20", "ndcg@20")):
+        mus, sds = [], []
+        for lab in labels:
+            mu, sd = _mean_std([r[f"test_{k}"] for r in by[lab]])
+            mus.append(mu)
+            sds.append(sd)
+        ax.bar(range(len(labels)), mus, yerr=sds, capsize=3,
+               color=["#888" if lab in ("teacher", "scratch") else "#c44" if lab.startswith("freqd") else "#48c" for lab in labels])
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right")
+        ax.set_title(f"test {k}")
+    fig.tight_layout()
+    p = out_dir / "bars.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for s in specs:
+        h = s.out / "history.csv"
+        if not h.is_file() or s.seed != min(x.seed for x in specs if x.label == s.label):
+            continue
+        rd = list(csv.DictReader(h.open()))
+        xs = [int(r["epoch"]) for r in rd if r.get("valid_ndcg@10")]
+        ys = [float(r["valid_ndcg@10"]) for r in rd if r.get("valid_ndcg@10")]
+        ax.plot(xs, ys, label=s.label, lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid NDCG@10")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = out_dir / "curves.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def write_report(out_dir: Path, specs) -> dict:
+    out_dir = Path(out_dir)
+    rows = _rows(specs)
+    if not rows:
+        return {}
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out_dir / "results.csv", buf.getvalue())
+    table = make_table(rows)
+    write_text(out_dir / "table.md", table)
+    write_text(out_dir / "efficiency.md", make_efficiency(rows, specs))
+    write_plots(out_dir, rows, specs)
+    return {"table": table, "rows": rows}
