@@ -138,3 +138,16 @@ def test_local_filter_convenience_and_float32(item_ahat):
         full_filter(item_ahat, quadratic(0.3), X)[rows],
         rtol=1e-4, atol=1e-5,
     )
+
+
+def test_plan_work_is_bounded_by_the_operators(item_ahat):
+    """Each hop block is a row slice of its operator: no fill-in, even at degree 4."""
+    n = item_ahat.shape[0]
+    g = torch.Generator().manual_seed(13)
+    filt = PolyFilter(((0.5, 0.5),) * 4)
+    hops = sample_hops(item_ahat, filt, 0.5, g)
+    plan = local_filter_plan(hops, filt, torch.arange(0, n, 50))
+    assert plan.nnz <= sum(op.nnz for op in hops.ops)
+    sizes = plan.sets
+    assert sizes == sorted(sizes) and sizes[-1] == plan.cols.numel()
+    assert sizes[0] == torch.arange(0, n, 50).numel()

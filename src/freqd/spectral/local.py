@@ -6,9 +6,10 @@ with |U| + |I|. Only the batch rows of H X are used, and
     (H X)[B] = H[B, :] X = H[B, N] X[N],     N = N_k(B) = the nodes within k hops of B,
 
 where k is the filter's degree (1 for linear, 2 for quadratic). :func:`local_filter_plan`
-builds the sparse block H[B, N] for one set of per-hop operators (the same dropped Â's the
-full path would use), and :class:`LocalFilterPlan` applies it. A distiller then computes
-the expensive features (e.g. the projector's output) only for ``plan.cols``::
+works out, for one set of per-hop operators (the same dropped Â's the full path would use),
+which rows every intermediate result is needed on, and :class:`LocalFilterPlan` runs the
+filter on those rows only. A distiller computes the expensive features (e.g. the
+projector's output) only for ``plan.cols``::
 
     hops = sample_hops(A_hat, filt, keep_prob, generator)         # one step's masks
     plan = local_filter_plan(hops, filt, batch_rows)
@@ -18,16 +19,19 @@ the expensive features (e.g. the projector's output) only for ``plan.cols``::
 This equals ``full_filter(hops, filt, X)[rows]`` to float rounding, and so do the gradients
 w.r.t. X (tests/test_spectral_local.py).
 
-How H[B, :] is built (row space, no Python loop over nodes): start from the selector
-S = I[B, :]; a factor p(Â) with coefficients c_0..c_m and hop operators O_1..O_m (Horner
-order, see :mod:`freqd.spectral.filters`) gives S p = Σ_i c_i Q_i with Q_0 = S and
-Q_i = Q_{i-1} O_{m-i+1}. Each product Q O of a sparse row block with a CSR operator expands
-every stored (r, c, v) of Q into row c of O (gather with repeat_interleave) and merges
-duplicates (coalesce). Factors are processed last-applied first.
+How it works (no Python loop over nodes). The full path evaluates each factor with
+coefficients c_0..c_m by Horner's scheme, Y_0 = c_m X_in, Y_t = O_t Y_{t-1} + c_{m-t} X_in.
+Going backwards from the output rows T = unique(B), Y_{m-i} is needed on the nested sets
+R_0 = T, R_i = R_{i-1} ∪ N_{O_{m-i+1}}(R_{i-1}) (neighbours under that hop's operator), and
+the factor's input X_in on R_m, which is the output set of the previous factor. Each hop
+then becomes one sparse product with the row block O_t[R_{m-t}, R_{m-t+1}] (rows gathered
+from the CSR operator with ``repeat_interleave``; columns mapped by ``searchsorted``), so
+the cost of a hop is bounded by the edges leaving its row set, never by a fill-in product
+(H[B, :] built explicitly gets nearly dense from k = 3 on; this never forms it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,49 +42,66 @@ from .filters import PolyFilter, SparseOp, _hop_list
 __all__ = ["LocalFilterPlan", "local_filter", "local_filter_plan"]
 
 
-def _coalesce(r: Tensor, c: Tensor, v: Tensor, shape: tuple[int, int]) -> tuple[Tensor, ...]:
-    m = torch.sparse_coo_tensor(
-        torch.stack([r, c]), v, shape, check_invariants=False
-    ).coalesce()
-    idx = m.indices()
-    return idx[0], idx[1], m.values()
-
-
-def _expand(r: Tensor, c: Tensor, v: Tensor, op: SparseOp) -> tuple[Tensor, Tensor, Tensor]:
-    """Triplets of Q @ op for Q given by triplets (r, c, v) (not coalesced)."""
-    start = op.indptr[c]
-    cnt = op.indptr[c + 1] - start
+def _gather_rows(op: SparseOp, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Stored entries of ``op`` in the rows ``nodes``: (local row, global col, value)."""
+    start = op.indptr[nodes]
+    cnt = op.indptr[nodes + 1] - start
     total = int(cnt.sum()) if cnt.numel() else 0
     if total == 0:
-        e = torch.zeros(0, dtype=torch.int64, device=r.device)
-        return e, e.clone(), torch.zeros(0, dtype=v.dtype, device=v.device)
-    rr = torch.repeat_interleave(r, cnt, output_size=total)
-    vv = torch.repeat_interleave(v, cnt, output_size=total)
-    # position of each expanded entry inside op's arrays
+        e = torch.zeros(0, dtype=torch.int64, device=nodes.device)
+        return e, e.clone(), torch.zeros(0, dtype=op.values.dtype, device=nodes.device)
+    local = torch.repeat_interleave(
+        torch.arange(nodes.numel(), device=nodes.device), cnt, output_size=total
+    )
     offset = start - (torch.cumsum(cnt, 0) - cnt)
-    idx = torch.arange(total, device=r.device) + torch.repeat_interleave(
+    idx = torch.arange(total, device=nodes.device) + torch.repeat_interleave(
         offset, cnt, output_size=total
     )
-    return rr, op.indices[idx], vv * op.values[idx].to(vv.dtype)
+    return local, op.indices[idx], op.values[idx]
+
+
+@dataclass
+class _Hop:
+    """One sparse product: Y_out = op @ Y_in (+ coef * X_in[x_pos])."""
+
+    op: Tensor  # sparse COO, |R_out| x |R_in|
+    coef: float  # c_{m-t}: weight of the factor's input added after the product
+    x_pos: Tensor | None  # positions of R_out inside the factor's input set (None if coef 0)
+
+
+@dataclass
+class _Factor:
+    top: float  # c_m, applied to the factor's input before the first hop
+    hops: list[_Hop]
+    n_in: int  # size of the factor's input set
+    n_out: int  # size of its output set
 
 
 @dataclass
 class LocalFilterPlan:
-    """H[rows, cols] for one filter application, as a sparse matrix.
+    """One filter application restricted to the rows a batch needs.
 
-    ``rows``: the batch node ids (as given, duplicates allowed); ``cols``: sorted unique ids
-    of the nodes whose features are needed (the k-hop neighbourhood of ``rows`` under the
-    dropped operators, restricted to paths with nonzero coefficients); ``matrix``: the
-    ``len(rows) x len(cols)`` torch sparse COO block.
+    ``rows``: the batch node ids as given (duplicates allowed); ``cols``: sorted unique ids
+    of the nodes whose input features are needed (the k-hop neighbourhood of ``rows`` under
+    the dropped operators); ``sets``: the sizes of the nested row sets, innermost first.
     """
 
     rows: Tensor
     cols: Tensor
-    matrix: Tensor
+    factors: list[_Factor] = field(repr=False)
+    out_index: Tensor = field(repr=False)  # position of each row in the final output set
 
     @property
     def nnz(self) -> int:
-        return int(self.matrix._nnz())
+        """Stored entries over all hop blocks (the sparse work per feature column)."""
+        return sum(int(h.op._nnz()) for f in self.factors for h in f.hops)
+
+    @property
+    def sets(self) -> list[int]:
+        out = [self.factors[-1].n_out] if self.factors else [int(self.out_index.numel())]
+        for f in reversed(self.factors):
+            out.append(f.n_in)
+        return out
 
     def apply(self, X_cols: Tensor) -> Tensor:
         """(H X)[rows] from ``X_cols = X[cols]`` (``[len(cols), d]``); autograd flows to X_cols."""
@@ -89,10 +110,19 @@ class LocalFilterPlan:
                 f"X_cols has {X_cols.shape[0]} rows, the plan needs {self.cols.numel()} "
                 "(one per entry of plan.cols)"
             )
-        m = self.matrix
-        if m.device != X_cols.device or m.dtype != X_cols.dtype:
-            m = m.to(device=X_cols.device, dtype=X_cols.dtype)
-        return torch.sparse.mm(m, X_cols)
+        z = X_cols
+        for f in self.factors:
+            x_in = z
+            y = x_in * f.top if f.top != 1.0 else x_in
+            for h in f.hops:
+                op = h.op
+                if op.device != y.device or op.dtype != y.dtype:
+                    op = op.to(device=y.device, dtype=y.dtype)
+                y = torch.sparse.mm(op, y)
+                if h.x_pos is not None:
+                    y = y + x_in[h.x_pos.to(x_in.device)] * h.coef
+            z = y
+        return z[self.out_index.to(z.device)]
 
     def apply_full(self, X: Tensor) -> Tensor:
         """Same as ``apply(X[cols])`` for a full table ``X``."""
@@ -100,67 +130,62 @@ class LocalFilterPlan:
 
     def to_dense(self) -> Tensor:
         """The block H[rows, cols] as a dense tensor (for tests and small cases)."""
-        return self.matrix.to_dense()
+        eye = torch.eye(self.cols.numel(), dtype=torch.float64, device=self.cols.device)
+        return self.apply(eye)
 
 
-def local_filter_plan(
-    ops: Any, filt: PolyFilter, rows: Any, *, dtype: torch.dtype = torch.float32
-) -> LocalFilterPlan:
-    """Build H[rows, N_k(rows)] for the filter ``filt`` and the hop operators ``ops``.
+def local_filter_plan(ops: Any, filt: PolyFilter, rows: Any) -> LocalFilterPlan:
+    """Plan the filter ``filt`` with hop operators ``ops`` on the rows ``rows`` only.
 
     ``ops``: Â (scipy / torch sparse / :class:`SparseOp`, same operator for every hop, no
     dropout), a list of per-hop operators, or a :class:`~freqd.spectral.filters.HopOps`
     from :func:`~freqd.spectral.filters.sample_hops` (pass the *same* object to
     :func:`~freqd.spectral.filters.full_filter` to get the same numbers).
     ``rows``: node ids (LongTensor, array or list). The plan lives on the operators' device.
-    Entries are accumulated in ``dtype``.
     """
     hops = _hop_list(ops, filt)
-    if hops:
-        device, n = hops[0].device, hops[0].n
-    else:
-        device, n = None, None
+    device = hops[0].device if hops else None
     rows_t = torch.as_tensor(rows, dtype=torch.int64, device=device).reshape(-1)
     device = rows_t.device
-    b = rows_t.numel()
-    if n is None:  # a hop-free filter: n is only needed as a shape bound
-        n = int(rows_t.max()) + 1 if b else 1
-    if b and (int(rows_t.min()) < 0 or int(rows_t.max()) >= n):
-        raise IndexError(f"row ids must lie in [0, {n}), got [{int(rows_t.min())}, {int(rows_t.max())}]")
-    shape = (b, n)
-    r = torch.arange(b, device=device)
-    c = rows_t
-    v = torch.ones(b, dtype=dtype, device=device)
+    if hops and rows_t.numel():
+        n = hops[0].n
+        if int(rows_t.min()) < 0 or int(rows_t.max()) >= n:
+            raise IndexError(
+                f"row ids must lie in [0, {n}), got [{int(rows_t.min())}, {int(rows_t.max())}]"
+            )
+    cur, out_index = torch.unique(rows_t, sorted=True, return_inverse=True)
     # hop ranges of the factors, in application order
     bounds, t = [], 0
     for f in filt.factors:
         bounds.append((t, t + len(f) - 1))
         t += len(f) - 1
+    planned: list[_Factor] = []
     for f, (h0, h1) in zip(reversed(filt.factors), reversed(bounds)):
-        fops = hops[h0:h1]  # O_1..O_m
+        fops = hops[h0:h1]  # O_1..O_m in application order
         m = len(f) - 1
-        parts = [(r, c, v * f[0])] if f[0] != 0.0 else []
-        qr, qc, qv = r, c, v
+        sets = [cur]  # R_0 = this factor's output set
+        blocks = []
         for i in range(1, m + 1):
-            qr, qc, qv = _expand(qr, qc, qv, fops[m - i])
-            qr, qc, qv = _coalesce(qr, qc, qv, shape)
-            if f[i] != 0.0:
-                parts.append((qr, qc, qv * f[i]))
-        if parts:
-            r, c, v = _coalesce(
-                torch.cat([p[0] for p in parts]),
-                torch.cat([p[1] for p in parts]),
-                torch.cat([p[2] for p in parts]),
-                shape,
-            )
-        else:
-            r = c = torch.zeros(0, dtype=torch.int64, device=device)
-            v = torch.zeros(0, dtype=dtype, device=device)
-    cols, local = torch.unique(c, sorted=True, return_inverse=True)
-    matrix = torch.sparse_coo_tensor(
-        torch.stack([r, local]), v, (b, cols.numel()), check_invariants=False
-    ).coalesce()
-    return LocalFilterPlan(rows_t, cols, matrix)
+            r_loc, c_glob, vals = _gather_rows(fops[m - i], sets[-1])
+            sets.append(torch.unique(torch.cat([sets[-1], c_glob]), sorted=True))
+            blocks.append((r_loc, c_glob, vals))
+        big = sets[-1]  # the factor's input set R_m
+        fhops = []
+        for t in range(1, m + 1):  # hop t maps Y on R_{m-t+1} to Y on R_{m-t}
+            out_set, in_set = sets[m - t], sets[m - t + 1]
+            r_loc, c_glob, vals = blocks[m - t]
+            c_loc = torch.searchsorted(in_set, c_glob)
+            sub = torch.sparse_coo_tensor(
+                torch.stack([r_loc, c_loc]), vals, (out_set.numel(), in_set.numel()),
+                check_invariants=False,
+            ).coalesce()
+            coef = f[m - t]
+            x_pos = torch.searchsorted(big, out_set) if coef != 0.0 else None
+            fhops.append(_Hop(sub, coef, x_pos))
+        planned.append(_Factor(f[m], fhops, big.numel(), cur.numel()))
+        cur = big
+    planned.reverse()
+    return LocalFilterPlan(rows_t, cur, planned, out_index)
 
 
 def local_filter(ops: Any, filt: PolyFilter, rows: Any, X: Tensor) -> Tensor:
