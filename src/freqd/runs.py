@@ -62,6 +62,14 @@ def _check_top(d: Mapping, where: str) -> None:
             raise ConfigError(f"unknown option {k!r}{where}{hint}; valid top-level options: {', '.join(TOP_KEYS)}")
 
 
+def _check_sections(d: Mapping, where: str) -> None:
+    """Sections must be mappings (``model=3`` or ``train: 5`` would otherwise vanish in a merge)."""
+    for k in ("data", "model", "train", "method"):
+        if d.get(k) is not None and not isinstance(d[k], Mapping):
+            raise ConfigError(f"option {k!r}{where}: expected a section of options "
+                              f"(e.g. {k}.key=value), got {d[k]!r}")
+
+
 def resolve_config(
     kind: str,
     dataset: str,
@@ -84,8 +92,10 @@ def resolve_config(
     dataset = _absolute_ref(dataset)
     over = dict(overrides or {})
     _check_top(over, " on the command line")
+    _check_sections(over, " on the command line")
     filecfg = load_yaml(config_file) if config_file else {}
     _check_top(filecfg, f" in {config_file}")
+    _check_sections(filecfg, f" in {config_file}")
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
 
     user = merge(merge(filecfg, flags), over)
