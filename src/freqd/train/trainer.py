@@ -103,6 +103,8 @@ class Trainer:
             self.optimizer = _adam(params, cfg.lr, cfg.weight_decay)
         from ..data.sampling import TrainSampler
 
+        if dataset.train.nnz == 0:
+            raise FreqdError(f"{dataset.source or dataset.name}: no training interactions")
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.sampler = TrainSampler(dataset.train, batch_size=cfg.batch_size, n_neg=model.n_neg, generator=self.gen,
                                     rank=self.dist.rank, world_size=self.dist.world_size)
@@ -382,9 +384,13 @@ def load_checkpoint_file(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated / corrupt / not a torch file
-        raise CheckpointError(f"{path}: not a valid checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        detail = (str(e).splitlines() or [""])[0].split(". ")[0][:120]
+        raise CheckpointError(f"{path}: not a valid checkpoint, truncated or corrupt ({type(e).__name__}: {detail})") from None
+    if not isinstance(st, dict) or "model" not in st:
+        raise CheckpointError(f"{path}: not a freqd checkpoint (no model state)")
+    return st
 
 
 def _np_state():
