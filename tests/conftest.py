@@ -3,6 +3,15 @@ from pathlib import Path
 
 import pytest
 
+# tests are many small ops: one thread each avoids oversubscribing a small CI machine
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+except ImportError:  # pragma: no cover
+    pass
+
 SHARED_DATA = Path(os.environ.get("FREQD_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 

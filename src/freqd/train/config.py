@@ -26,6 +26,7 @@ class TrainConfig:
     save_every: int = 0  #: also keep trajectory/epoch_XXXX.pt every N epochs (0 = off; HetComp)
     threads: Optional[int] = None  #: torch intra-op threads (None = torch default)
     progress: bool = True  #: show a progress bar
+    time_limit: Optional[float] = None  #: stop after this many seconds of training + evaluation (None = no limit)
 
     def __post_init__(self):
         check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
@@ -45,6 +46,7 @@ class TrainConfig:
         check(self.save_every >= 0, "train.save_every", f"must be >= 0, got {self.save_every}")
         check(self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
               "train.device", f"expected cpu, cuda or cuda:N, got {self.device!r}")
+        check(self.time_limit is None or self.time_limit > 0, "train.time_limit", "must be > 0 seconds")
         check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
         if self.optimizer == "sparse_adam":
             check(self.weight_decay == 0, "train.optimizer",

@@ -121,6 +121,7 @@ class Trainer:
         self.train_seconds: List[float] = []
         self.eval_seconds: List[float] = []
         self.stopped_early = False
+        self.stopped_by_time = False
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -299,6 +300,9 @@ class Trainer:
         return self.finish()
 
     def _should_stop(self) -> bool:
+        if self.cfg.time_limit is not None and sum(self.train_seconds) + sum(self.eval_seconds) >= self.cfg.time_limit:
+            self.stopped_by_time = True
+            return True
         if self.bad_evals >= self.cfg.patience:
             self.stopped_early = True
             return True
@@ -363,6 +367,7 @@ class Trainer:
             "best_epoch": self.best["epoch"],
             "epochs_run": self.epoch,
             "stopped_early": self.stopped_early,
+            "stopped_by_time_limit": self.stopped_by_time,
             "seconds_per_epoch": float(np.mean(self.train_seconds)) if self.train_seconds else 0.0,
             "eval_seconds": float(np.mean(evals)),
             "valid": {k: v for k, v in self.best["valid"].items()},
