@@ -60,17 +60,25 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def teacher_reps(self) -> Reps:
         """The frozen teacher's final (propagated) user/item representations, cached."""
+        dev = self._student_device()
         if self._teacher_reps is None:
             u, i = self.teacher.propagate()
-            self._teacher_reps = (u.detach(), i.detach())
+            self._teacher_reps = (u.detach().to(dev), i.detach().to(dev))
+        elif self._teacher_reps[0].device != dev:  # the trainer moved the student
+            self._teacher_reps = tuple(t.to(dev) for t in self._teacher_reps)
         return self._teacher_reps
+
+    def _student_device(self) -> torch.device:
+        p = next(self.student.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
 
     @torch.no_grad()
     def teacher_features(self, layer: str = "final") -> Reps:
         if layer == "final":
             return self.teacher_reps()
         u, i = self.teacher.features(layer, None)
-        return u.detach(), i.detach()
+        dev = self._student_device()
+        return u.detach().to(dev), i.detach().to(dev)
 
     # -- hooks -------------------------------------------------------------------------------
     def prepare(self, cache_dir: Optional[Path] = None) -> None:

@@ -172,6 +172,7 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
             while queue or running:
                 while queue and len(running) < jobs:
                     s = queue.pop(0)
+                    s.out.parent.mkdir(parents=True, exist_ok=True)
                     logf = open(s.out.parent / f".{s.out.name}.out", "ab")
                     env = dict(os.environ, FREQD_NO_PROGRESS="1")
                     env.setdefault("OMP_NUM_THREADS", "1")
