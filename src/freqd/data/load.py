@@ -453,6 +453,8 @@ def build_dataset(raw, cfg: DataConfig, name: str, source: str = "", meta: dict 
     """Threshold, de-duplicate, k-core, re-index and split ``raw`` as ``cfg`` says."""
     from .preprocess import dedup_mask, kcore_mask, rating_mask, reindex, split_per_user
 
+    if not len(raw.users):
+        raise DataError("no interactions", raw.path)
     token = raw.user_ids is not None
     if token:
         ucodes, uraw, icodes, iraw = raw.users, raw.user_ids, raw.items, raw.item_ids

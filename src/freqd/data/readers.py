@@ -250,6 +250,8 @@ def read_users_dat(path: str | os.PathLike, data: bytes | None = None) -> RawInt
         )
     is_item = np.ones(len(tok.values), dtype=bool)
     is_item[first] = False
+    if not is_item.any():
+        raise DataError("no interactions in file (every line has count 0)", p)
     return RawInteractions(tok.line[is_item].astype(np.int64), tok.values[is_item], p)
 
 
