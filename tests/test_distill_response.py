@@ -393,6 +393,24 @@ def test_dcd_hand_values():
     assert loss_of(d, s) == pytest.approx(-(pt[0] * (-0.5 - lz) + pt[1] * (0.5 - lz)), rel=1e-5)
 
 
+def test_dcd_capped_ranks_give_the_exact_weights(ds_tiny):
+    from freqd.distill.ranking import count_higher
+
+    t, s = tiny_models(ds_tiny)
+    for temp in (1.0, 0.3):
+        d = build_distiller("dcd", t, s, ds_tiny, {"n_samples": 5, "top_k": 30, "temperature": temp})
+        d.prepare(None)
+        fn = d._model_fn(s)
+        exact = count_higher(fn, ds_tiny.train, d.lists)
+        cap = DCD.rank_cap(30, temp)
+        capped = count_higher(fn, ds_tiny.train, d.lists, cap=cap)
+        assert (exact > cap).any()  # the cap is hit, so the check is not vacuous
+        r_t = torch.arange(30)[None, :]
+        for a, b in zip(DCD.correction_weights(exact, r_t, temp),
+                        DCD.correction_weights(capped, r_t, temp)):
+            assert torch.equal(a, b)
+
+
 def test_dcd_student_ranks_are_counted_among_non_training_items():
     # student scores [0, 0.5, -0.5, 2.0], item 0 trained; teacher list [1, 2]
     _, _, s, d = hand(method="dcd", n_samples=1, top_k=2, temperature=1.0)

@@ -91,6 +91,18 @@ def test_count_higher_equals_argsort_rank(mask):
     assert torch.equal(got, rank.gather(1, items))
 
 
+@pytest.mark.parametrize("mask", [True, False])
+def test_count_higher_with_cap_is_the_capped_exact_rank(mask):
+    train = random_train()
+    scores = torch.randn(train.shape, generator=torch.Generator().manual_seed(6))
+    d = dense_masked(scores, train) if mask else scores
+    items = torch.topk(d, 40).indices[:, torch.randperm(40)]
+    exact = count_higher(lambda u: scores[u], train, items, mask_train=mask)
+    for cap in (1, 25, 60):
+        got = count_higher(lambda u: scores[u], train, items, chunk_size=5, mask_train=mask, cap=cap)
+        assert torch.equal(got, exact.clamp(max=cap))
+
+
 def test_count_higher_hand_example_with_ties_and_masking():
     # one user, items 0..4 with scores [3, 5, 5, 1, 4]; item 1 is a training item
     train = sp.csr_matrix((np.ones(1, dtype=np.float32), ([0], [1])), shape=(1, 5))

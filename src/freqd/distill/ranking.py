@@ -121,6 +121,7 @@ def count_higher(
     chunk_size: int = 256,
     users: np.ndarray | Tensor | Sequence[int] | None = None,
     mask_train: bool = True,
+    cap: int | None = None,
 ) -> Tensor:
     """0-based rank of ``items[r, j]`` in user ``users[r]``'s ranking: the number of items
     scoring strictly higher.
@@ -133,6 +134,11 @@ def count_higher(
     No score row is sorted and no |U| x |I| argsort is built: per chunk, each of the |I|
     scores is bucketed among the m sorted target scores (``searchsorted``, O(|I| log m))
     and the buckets are counted.
+
+    ``cap``: return ``min(rank, cap)``, for callers that only need exact ranks below
+    ``cap``. Then only each row's top-``cap`` scores are selected (``topk``, several times
+    cheaper than bucketing every score) and the targets are located among them: fewer
+    than ``cap`` higher scores in the top-``cap`` means the count is exact.
     """
     n_users, n_items = train_csr.shape
     users = _as_users(users, n_users)
@@ -145,6 +151,11 @@ def count_higher(
             _mask_rows(s, train_csr, uc)
         b = len(uc)
         target = s.gather(1, items[lo:lo + b].to(s.device))           # [b, m]
+        if cap is not None and cap < n_items:
+            top = torch.topk(s, cap, dim=1).values.flip(1).contiguous()  # ascending
+            higher = cap - torch.searchsorted(top, target.contiguous(), right=True)
+            out.append(higher.to(items.device))
+            continue
         tsorted, order = torch.sort(target, dim=1)                    # m per row only
         # bucket(x) = number of targets strictly below x; x > tsorted[p] <=> bucket(x) > p.
         # Masked (-inf) scores land in bucket 0 and are never higher than a target.

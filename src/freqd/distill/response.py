@@ -638,6 +638,14 @@ class DCD(_Response):
         self.register_buffer("lists", data["lists"], persistent=False)
 
     @staticmethod
+    def rank_cap(top_k: int, temperature: float) -> int:
+        """Student ranks at or beyond this cap give the same weights as the exact rank:
+        ``(r_S - r_T) / T >= 9.1`` for every teacher rank ``r_T < top_k``, and float32
+        ``tanh`` is exactly 1 from 9.1 on; over-estimation needs ``r_S < r_T``. So only
+        ranks below the cap are computed exactly (a top-``cap`` per row, no full ranking)."""
+        return int(top_k + math.ceil(9.1 * temperature))
+
+    @staticmethod
     def correction_weights(r_s: Tensor, r_t: Tensor, temperature: float):
         """(under, over) sampling weights from student and teacher ranks."""
         d = (r_s - r_t).float() / temperature
@@ -649,7 +657,8 @@ class DCD(_Response):
         self.epoch = epoch
         cfg = self.cfg
         r_s = count_higher(self._model_fn(self.student), self.dataset.train, self.lists,
-                           chunk_size=cfg.chunk_size, mask_train=cfg.mask_train).cpu()
+                           chunk_size=cfg.chunk_size, mask_train=cfg.mask_train,
+                           cap=self.rank_cap(cfg.top_k, cfg.temperature)).cpu()
         r_t = torch.arange(cfg.top_k)[None, :]
         under, over = self.correction_weights(r_s, r_t, cfg.temperature)
         n = self.dataset.n_users
