@@ -579,9 +579,10 @@ class RRD(_Response):
     def loss(self, batch, student_reps):
         self._sync(student_reps[0].device)
         u = torch.unique(batch["users"])
-        s1 = self.student.pair_scores(u, self.interesting[u], student_reps)
-        s2 = self.student.pair_scores(u, self.uninteresting[u], student_reps)
-        return {"loss": relaxed_ranking_loss(s1, s2, clip=self.cfg.clip)}
+        k = self.interesting.shape[1]
+        s = self.student.pair_scores(
+            u, torch.cat([self.interesting[u], self.uninteresting[u]], 1), student_reps)
+        return {"loss": relaxed_ranking_loss(s[:, :k], s[:, k:], clip=self.cfg.clip)}
 
 
 # ======================================================================================
@@ -675,12 +676,12 @@ class DCD(_Response):
         self._sync(student_reps[0].device)
         cfg = self.cfg
         u = torch.unique(batch["users"])
-        su = self.student.pair_scores(u, self.under[u], student_reps)
-        so = self.student.pair_scores(u, self.over[u], student_reps)
+        s = self.student.pair_scores(u, torch.cat([self.under[u], self.over[u]], 1),
+                                     student_reps)
         if cfg.objective == "relaxed":
-            return {"loss": relaxed_ranking_loss(su, so, clip=cfg.clip)}
+            k = self.under.shape[1]
+            return {"loss": relaxed_ranking_loss(s[:, :k], s[:, k:], clip=cfg.clip)}
         t = self.teacher_t[u]
-        s = torch.cat([su, so], 1)
         loss = -(torch.softmax(t / cfg.tau, -1) * F.log_softmax(s / cfg.tau, -1)).sum()
         return {"loss": loss}
 
@@ -849,10 +850,10 @@ class UnKD(_Response):
     def loss(self, batch, student_reps):
         self._sync(student_reps[0].device)
         u, cnt = self._batch_users(batch["users"], self.cfg.dedup_users)
-        sp = self.student.pair_scores(u, self.pos[u], student_reps)
-        sn = self.student.pair_scores(u, self.neg[u], student_reps)
+        n = self.pos.shape[1]
+        s = self.student.pair_scores(u, torch.cat([self.pos[u], self.neg[u]], 1), student_reps)
         v = self.valid[u].float()
-        per = (F.softplus(-(sp - sn)) * v).sum(1) / v.sum(1).clamp(min=1)
+        per = (F.softplus(-(s[:, :n] - s[:, n:])) * v).sum(1) / v.sum(1).clamp(min=1)
         return {"loss": (cnt * per).sum()}
 
 
