@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .errors import CheckpointError, ConfigError, FreqdError
-from .runs import (read_run_config, resolve_config, run_lock, same_config, typed,
+from .runs import (extendable, read_run_config, resolve_config, run_lock, same_config, typed,
                    write_run_config)
 
 log = logging.getLogger("freqd")
@@ -186,6 +186,9 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
             raise FreqdError(f"{run_dir}: holds a run with a different configuration; choose another --out")
         if (run_dir / "metrics.json").exists() and not resume:
             raise FreqdError(f"{run_dir}: already holds a finished run (use --resume to reuse it, or another --out)")
+        if (run_dir / "metrics.json").exists() and resume and extendable(old, Run(run_dir).metrics, cfg):
+            log.info("%s: stopped at its time limit; continuing under the new one", run_dir)
+            (run_dir / "metrics.json").unlink()
         if (run_dir / "metrics.json").exists() and resume:
             log.info("%s: already finished", run_dir)
             dctx.broadcast_object(True)

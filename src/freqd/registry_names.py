@@ -9,7 +9,7 @@ from .errors import ConfigError
 def check_methods(methods: Sequence[str]) -> None:
     from .distill.registry import METHODS
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m.split("+")[0] for m in methods if m.split("+")[0] not in METHODS]
     if bad:
         raise ConfigError(f"option '--methods': unknown method(s) {bad}; available: {', '.join(sorted(METHODS))}")
     if len(set(methods)) != len(methods):

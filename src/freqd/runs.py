@@ -226,5 +226,19 @@ def write_run_config(run_dir: Path, cfg: dict) -> None:
 
 def same_config(a: dict, b: dict) -> bool:
     strip = lambda c: {k: v for k, v in c.items() if k not in ("train",)} | {  # noqa: E731
-        "train": {k: v for k, v in c.get("train", {}).items() if k not in ("device", "progress", "threads", "eval_chunk")}}
+        "train": {k: v for k, v in c.get("train", {}).items() if k not in IGNORED_TRAIN}}
     return strip(copy.deepcopy(a)) == strip(copy.deepcopy(b))
+
+
+#: train settings that do not change a run's identity (a run may be resumed under new values)
+IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit")
+
+
+def extendable(old_cfg: dict, metrics: dict, new_cfg: dict) -> bool:
+    """A finished run that stopped at its wall-clock budget can be continued under a larger
+    one (evidence accumulates across sessions); early-stopped runs are final."""
+    if metrics.get("stopped_early") or not metrics.get("stopped_by_time_limit"):
+        return False
+    old_t = old_cfg.get("train", {}).get("time_limit")
+    new_t = new_cfg.get("train", {}).get("time_limit")
+    return new_t is None or (old_t is not None and new_t > old_t)

@@ -37,14 +37,24 @@ class RunSpec:
 
     @property
     def done(self) -> bool:
-        return (self.out / "metrics.json").is_file()
+        p = self.out / "metrics.json"
+        if not p.is_file():
+            return False
+        from ..runs import extendable, read_run_config
+
+        try:
+            return not extendable(read_run_config(self.out), json.loads(p.read_text()), self.cfg)
+        except (ValueError, FreqdError):
+            return False
 
 
 def config_hash(cfg: dict) -> str:
     """Hash of a resolved config, ignoring settings that do not change results."""
     c = json.loads(json.dumps(cfg, default=str))
     tr = c.get("train", {})
-    for k in ("device", "progress", "threads", "eval_chunk"):
+    from ..runs import IGNORED_TRAIN
+
+    for k in IGNORED_TRAIN:
         tr.pop(k, None)
     c.pop("data_dir", None)
     if "teacher" in c:  # identify the teacher by its own hash (its folder name), not its path
@@ -60,6 +70,19 @@ def _merge_over(*ds: Optional[dict]) -> dict:
         if d:
             out = merge(out, d)
     return out
+
+
+def parse_method(item: str) -> tuple:
+    """``"freqd+filter=quadratic+alpha=0.3"`` -> ("freqd", {"filter": "quadratic", "alpha": "0.3"}):
+    a method with option overrides, reported under the whole string as its label."""
+    name, *opts = item.split("+")
+    over = {}
+    for o in opts:
+        if "=" not in o:
+            raise ConfigError(f"option '--methods': {item!r}: expected method+key=value")
+        k, v = o.split("=", 1)
+        over[k.strip()] = v.strip()
+    return name.strip(), over
 
 
 def plan_grid(
@@ -104,11 +127,13 @@ def plan_grid(
             scfg = resolve_config("train", dataset, backbone=backbone, role="student", overrides=over)
             specs.append(RunSpec("scratch", "train", seed, scfg,
                                  runs_dir / f"scratch-{backbone}-d{scfg['model']['dim']}-s{seed}-{config_hash(scfg)}"))
-        for m in methods:
+        for item in methods:
+            m, mover = parse_method(item)
             mcfg = resolve_config("distill", dataset, backbone=backbone, method=m, teacher=str(tdir),
-                                  role="student", overrides=over)
-            specs.append(RunSpec(m, "distill", seed, mcfg,
-                                 runs_dir / f"{m}-{backbone}-s{seed}-{config_hash(mcfg)}"))
+                                  role="student", overrides=_merge_over(over, {"method": mover} if mover else None))
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item)
+            specs.append(RunSpec(item, "distill", seed, mcfg,
+                                 runs_dir / f"{safe}-{backbone}-s{seed}-{config_hash(mcfg)}"))
     return specs
 
 

@@ -66,8 +66,9 @@ def _order(labels: Sequence[str]) -> List[tuple]:
         out.append(("", "scratch"))
     for g in ("response", "feature", "relation", "freqd"):
         for m in GROUPS[g]:
-            if m in labels:
-                out.append((g, m))
+            for lab in labels:
+                if lab.split("+")[0] == m:
+                    out.append((g, lab))
     for lab in labels:
         if lab not in [x[1] for x in out]:
             out.append(("other", lab))
