@@ -35,6 +35,16 @@ from freqd.runs import run_lock
 # -- helpers ------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _keep_thread_count():
+    """In-process runs here use train.threads=1; give the other test modules their threads back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def assert_refused(rc: int, stdout: str, stderr: str, expect: list) -> str:
     """Exit status 2, no traceback, exactly one error line holding every ``expect``."""
     assert "Traceback" not in stderr, stderr
