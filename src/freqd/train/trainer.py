@@ -333,8 +333,11 @@ class Trainer:
             self.best = {"epoch": epoch, "valid": valid}
             self.bad_evals = 0
             if self.out_dir is not None:
-                torch_save({"model": self.model.state_dict(), "epoch": epoch,
-                            "fingerprint": self.dataset.fingerprint()}, self.out_dir / BEST)
+                best = {"model": self.model.state_dict(), "epoch": epoch,
+                        "fingerprint": self.dataset.fingerprint()}
+                if self.distiller is not None:  # projectors at the best epoch (for `freqd spectrum`)
+                    best["distiller"] = self.distiller.state_dict()
+                torch_save(best, self.out_dir / BEST)
             else:
                 self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
