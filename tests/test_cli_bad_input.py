@@ -360,8 +360,15 @@ def _json_instead(p: Path) -> None:
     p.write_text('{"model": 1}')
 
 
-@pytest.mark.parametrize("damage", [truncate, _garbage, _empty, _json_instead, Path.unlink],
-                         ids=["truncated", "garbage", "empty", "json", "missing"])
+def _tensor_instead(p: Path) -> None:
+    import torch
+
+    torch.save(torch.zeros(3), p)
+
+
+@pytest.mark.parametrize("damage", [truncate, _garbage, _empty, _json_instead, _tensor_instead,
+                                    Path.unlink],
+                         ids=["truncated", "garbage", "empty", "json", "tensor", "missing"])
 @pytest.mark.parametrize("command", ["eval", "recommend", "export"])
 def test_damaged_best_checkpoint(command, damage, runs, env, tmp_path, capsys):
     run = copy_run(runs, "tiny", tmp_path)
