@@ -231,14 +231,20 @@ def same_config(a: dict, b: dict) -> bool:
 
 
 #: train settings that do not change a run's identity (a run may be resumed under new values)
-IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit")
+IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit", "epochs")
 
 
 def extendable(old_cfg: dict, metrics: dict, new_cfg: dict) -> bool:
-    """A finished run that stopped at its wall-clock budget can be continued under a larger
-    one (evidence accumulates across sessions); early-stopped runs are final."""
-    if metrics.get("stopped_early") or not metrics.get("stopped_by_time_limit"):
+    """A finished run that stopped at its wall-clock budget or its epoch cap (not by early
+    stopping) can be continued under a larger budget or cap: nothing before the cap depends
+    on it, so the continued run equals one started with the larger cap (evidence
+    accumulates across sessions). Early-stopped runs are final."""
+    if metrics.get("stopped_early"):
         return False
-    old_t = old_cfg.get("train", {}).get("time_limit")
-    new_t = new_cfg.get("train", {}).get("time_limit")
-    return new_t is None or (old_t is not None and new_t > old_t)
+    old_tr, new_tr = old_cfg.get("train", {}), new_cfg.get("train", {})
+    if metrics.get("stopped_by_time_limit"):
+        old_t, new_t = old_tr.get("time_limit"), new_tr.get("time_limit")
+        if new_t is None or (old_t is not None and new_t > old_t):
+            return int(new_tr.get("epochs", 1000)) > int(metrics.get("epochs_run", 0))
+        return False
+    return int(new_tr.get("epochs", 1000)) > int(metrics.get("epochs_run", 0)) == int(old_tr.get("epochs", 0))
