@@ -40,6 +40,7 @@ How a step is parallelised (see docs/SCALING.md):
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -243,7 +244,7 @@ def init_from_env(device: str = "cpu", timeout_s: float | None = None) -> DistCo
                            backend=dist.get_backend())
     if rank != 0:
         log.addFilter(_QuietFollowers())
-    log.info("distributed: %d processes (%s), rank %d of %d", world, backend, rank, world)
+    atexit.register(shutdown)
     return _CONTEXT
 
 

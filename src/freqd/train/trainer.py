@@ -114,6 +114,8 @@ class Trainer:
             self.dist.broadcast_parameters(params)
             sparse = list(self.model.parameters()) if getattr(self.model, "sparse_grad", False) else []
             self._reducer = GradientReducer(self.dist, params, sparse=sparse)
+            log.info("data parallel: %d processes (%s), global batch %d (%s per rank)", self.dist.world_size,
+                     self.dist.backend, cfg.batch_size, f"~{cfg.batch_size // self.dist.world_size}")
         self.epoch = 0
         self.best: Optional[dict] = None  # {"epoch", "valid"}
         self.bad_evals = 0
