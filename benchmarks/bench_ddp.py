@@ -24,6 +24,8 @@ Usage::
                                    [--steps 200] [--warmup 20] [--sparse] [--weak] [--json OUT]
     # a few steps of a large model, one process (seconds/epoch estimate, peak RSS):
     python benchmarks/bench_ddp.py --backbone lightgcn --dim 2000 --settings 1x2 --steps 3 --warmup 1
+    # a FreqD student (d = 20) from a random MF-300 teacher, 1 vs 2 processes:
+    python benchmarks/bench_ddp.py --method freqd --dim 20 --settings 1x1,2x1 --steps 3 --warmup 1
 """
 from __future__ import annotations
 
@@ -58,10 +60,22 @@ def worker(a: argparse.Namespace) -> None:
     if a.sparse:
         over["model"]["sparse_grad"] = True
         over["train"].update(optimizer="sparse_adam", weight_decay=0.0)
-    cfg = resolve_config("train", a.dataset, backbone=a.backbone, role="teacher", overrides=over)
+    role = "student" if a.method else "teacher"
+    cfg = resolve_config("train", a.dataset, backbone=a.backbone, role=role, overrides=over)
     seed_everything(0)
     model = build_model(cfg, ds)
-    tr = Trainer(model, ds, typed(cfg)[2])
+    tcfg = typed(cfg)[2]
+    distiller, weight = None, 0.0
+    if a.method:  # a student distilled from a random MF teacher of --teacher-dim (cost, not accuracy)
+        from freqd.distill.registry import build_distiller
+        from freqd.models.registry import build_backbone
+
+        teacher = build_backbone("mf", ds.n_users, ds.n_items, {"dim": a.teacher_dim, "init_std": 0.1}, ds.train)
+        distiller = build_distiller(a.method, teacher, model, ds, {})
+        distiller.to(tcfg.device)
+        distiller.prepare(None)
+        weight = distiller.cfg.weight
+    tr = Trainer(model, ds, tcfg, distiller=distiller, kd_weight=weight)
     comm = [0.0]
     if tr._reducer is not None:  # time the gradient exchange separately
         reducer = tr._reducer
@@ -96,7 +110,7 @@ def worker(a: argparse.Namespace) -> None:
     walls = ctx.gather_objects(wall)
     res = {
         "processes": ctx.world_size, "threads": a.threads, "sparse": a.sparse, "steps": a.steps,
-        "backbone": a.backbone, "batch_size": a.batch_size, "dim": a.dim, "seconds": max(walls),
+        "backbone": a.backbone, "method": a.method, "batch_size": a.batch_size, "dim": a.dim, "seconds": max(walls),
         "steps_per_epoch": tr.sampler.n_batches,
         "seconds_per_epoch_est": tr.sampler.n_batches * max(walls) / a.steps,
         "interactions_per_s": a.steps * a.batch_size / max(walls),
@@ -122,7 +136,7 @@ def run_setting(a: argparse.Namespace, procs: int, threads: int, sparse: bool) -
     args = [__file__, "--worker", "--dataset", a.dataset, "--data-dir", str(a.data_dir),
             "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(threads),
             "--dim", str(a.dim), "--batch-size", str(batch), "--backbone", a.backbone,
-            "--device", a.device]
+            "--device", a.device] + (["--method", a.method, "--teacher-dim", str(a.teacher_dim)] if a.method else [])
     args += ["--sparse"] if sparse else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FREQD_NO_PROGRESS": "1"}
     if procs > 1:
@@ -150,6 +164,9 @@ def main() -> None:
                     help="preset teacher settings of this backbone (default mf)")
     ap.add_argument("--dim", type=int, default=300)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (N processes need N GPUs)")
+    ap.add_argument("--method", help="distil a student with this method (e.g. freqd; use --dim 20) "
+                                     "from a random MF teacher of --teacher-dim")
+    ap.add_argument("--teacher-dim", type=int, default=300)
     ap.add_argument("--settings", default=None,
                     help="comma-separated PxT (processes x threads), default 1x1,1xN,Nx1 for N = --procs")
     ap.add_argument("--batch-size", type=int, default=2048)
@@ -166,7 +183,8 @@ def main() -> None:
     settings = [(1, 1), (1, a.procs), (a.procs, 1)]
     if a.settings:
         settings = [tuple(int(x) for x in s.split("x")) for s in a.settings.split(",")]
-    print(f"{a.dataset}: {a.backbone} d={a.dim}, batch {a.batch_size}, {a.steps} timed steps after {a.warmup}; "
+    what = f"{a.backbone} d={a.dim}" + (f" student, {a.method} from MF d={a.teacher_dim}" if a.method else "")
+    print(f"{a.dataset}: {what}, batch {a.batch_size}, {a.steps} timed steps after {a.warmup}; "
           f"{os.cpu_count()} CPU cores; load average {load0[0]:.1f} at start "
           f"(the machine is shared: absolute figures are noisy, ratios less so)")
     results = []
