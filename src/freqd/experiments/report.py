@@ -213,9 +213,29 @@ def write_plots(out_dir: Path, rows: List[dict], specs) -> List[Path]:
     return paths
 
 
-def write_report(out_dir: Path, specs) -> dict:
+def reevaluate(rows: List[dict], protocol: str) -> List[dict]:
+    """The same runs' best models evaluated on test under another masking protocol
+    (model selection stays the one of the protocol they were trained with)."""
+    from ..api import Run
+
+    out = []
+    for r in rows:
+        res = Run(r["run_dir"]).evaluate("test", protocol=protocol)
+        r = dict(r, protocol=f"{protocol} (selected under {r['protocol']})")
+        for k in METRICS:
+            r[f"test_{k}"] = res[k]
+        out.append(r)
+    return out
+
+
+def write_report(out_dir: Path, specs, eval_protocol: Optional[str] = None) -> dict:
     out_dir = Path(out_dir)
     rows = _rows(specs)
+    if rows and eval_protocol and eval_protocol != rows[0]["protocol"]:
+        rows = reevaluate(rows, eval_protocol)
+        table = make_table(rows)
+        write_text(out_dir / f"table_{eval_protocol}.md", table)
+        return {"table": table, "rows": rows}
     if not rows:
         return {}
     buf = io.StringIO()

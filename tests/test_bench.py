@@ -1,0 +1,54 @@
+"""`freqd bench` on tiny: 2 methods x 2 seeds, interrupted once (kill -9) and resumed."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _bench(out: Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "freqd", "bench", "tiny", "--methods", "fd,freqd", "--seeds", "2",
+           "--epochs", "2", "--out", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_bench_interrupted_then_resumed(tmp_path, shared_data):
+    env = dict(os.environ, FREQD_DATA_DIR=str(shared_data), FREQD_CACHE_DIR=str(tmp_path / "cache"),
+               FREQD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    out = tmp_path / "bench"
+    p = _bench(out, env)
+    deadline = time.time() + 300
+    first = None
+    while time.time() < deadline and p.poll() is None:  # wait until a student has finished
+        done = sorted((out / "runs").glob("*-s0-*/metrics.json")) if (out / "runs").exists() else []
+        done = [d for d in done if "teacher" not in d.parent.name]
+        if done:
+            first = done[0]
+            break
+        time.sleep(0.2)
+    assert first is not None, "no run finished before the deadline"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "table.md").exists(), "the bench should have been interrupted before its report"
+    stamp = first.stat().st_mtime_ns
+    p = _bench(out, env)
+    log = p.communicate(timeout=600)[0].decode()
+    assert p.returncode == 0, log
+    assert first.stat().st_mtime_ns == stamp, "a finished run was redone"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    labels = sorted((r["label"], r["seed"]) for r in rows)
+    assert labels == sorted([("teacher", "0"), ("scratch", "0"), ("scratch", "1"), ("fd", "0"), ("fd", "1"),
+                             ("freqd", "0"), ("freqd", "1")])
+    table = (out / "table.md").read_text().splitlines()
+    header = next(ln for ln in table if ln.startswith("| group"))
+    assert header.split("|")[1:-1] == [" group ", " method ", " n ", " recall@10 ", " ndcg@10 ", " recall@20 ", " ndcg@20 "]
+    body = {ln.split("|")[2].strip(): ln.split("|")[3].strip() for ln in table if ln.startswith("| ") and "---" not in ln and "group" not in ln}
+    assert body["teacher"] == "1" and body["scratch"] == "2" and body["fd"] == "2" and body["freqd"] == "2"
+    assert any("improvement of freqd over the best baseline" in ln for ln in table)
+    for f in ("efficiency.md", "bars.png", "curves.png"):
+        assert (out / f).is_file()
