@@ -101,7 +101,9 @@ def _driver(root: Path, data_dir: str) -> None:
     # 3. sparse gradients (SparseAdam): rows/values all-gathered
     _cli("train", "tiny", "--out", root / "sparse", "--epochs", 2, *d, *COMMON,
          "model.sparse_grad=true", "train.optimizer=sparse_adam", "train.weight_decay=0")
-    # 4. FreqD student: projectors' gradients reduced, frozen teacher and graphs per rank
+    # 4. a time limit: rank 0's clock decides for every rank (no hang, same last epoch)
+    _cli("train", "tiny", "--out", root / "timed", "--epochs", 500, *d, *COMMON, "train.time_limit=1.0")
+    # 5. FreqD student: projectors' gradients reduced, frozen teacher and graphs per rank
     _cli("distill", "tiny", "--teacher", root / "teacher", "--method", "freqd", "--out", root / "freqd",
          "--epochs", 2, *d, *COMMON)
 
@@ -175,8 +177,9 @@ def test_only_rank_zero_writes(runs):
     root, proc = runs
     log = (root / "ddp" / "train.log").read_text()
     assert log.count("epoch 3 ") == 1  # one writer
-    # console: rank 1's INFO records are filtered (epoch 3 is logged by the ddp and part runs)
-    assert proc.stderr.count("epoch 3  loss") == 2, proc.stderr[-3000:]
+    # console: rank 1's INFO records are filtered (each run's header line appears once)
+    assert proc.stderr.count(f"{root / 'ddp'}\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("data parallel: 2 processes (gloo)") == 6, proc.stderr[-3000:]  # 6 runs
     assert "rank 1" not in log
     assert sorted(p.name for p in (root / "ddp").iterdir() if not p.name.startswith(".")) == \
         ["best.pt", "checkpoint.pt", "config.yaml", "history.csv", "metrics.json", "train.log"]
@@ -204,6 +207,13 @@ def test_freqd_student_trains_with_two_processes(runs):
     assert np.allclose(h["loss"], h["bpr"] + 0.5 * h["kd"], rtol=1e-4)
     ckpt = torch.load(root / "freqd" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["distiller"] and all(k.startswith("proj_") for k in ckpt["distiller"])  # no teacher
+
+
+def test_time_limit_stops_every_rank_together(runs):
+    root, _ = runs
+    m = _metrics(root / "timed")
+    assert m["stopped_by_time_limit"] and 1 <= m["epochs_run"] < 500
+    assert len(_history(root / "timed")["loss"]) == m["epochs_run"]
 
 
 if __name__ == "__main__" and "--driver" in sys.argv:

@@ -297,8 +297,9 @@ class Trainer:
             else:
                 self.history.rows.append(row)
                 log.info("epoch %d  loss %.4f  (%.1fs)", epoch, row["loss"], dt)
-            if self.dist.active:  # the early-stopping counter, from rank 0
-                self.bad_evals, = self.dist.broadcast_ints(self.bad_evals)
+            if self.dist.active:  # rank 0's early-stopping counter and clock: every rank stops together
+                self.bad_evals, self.train_seconds, self.eval_seconds = self.dist.broadcast_object(
+                    (self.bad_evals, self.train_seconds, self.eval_seconds))
         return self.finish()
 
     def _should_stop(self) -> bool:
