@@ -144,8 +144,10 @@ def cmd_train(a, distill: bool = False) -> int:
     else:
         run = api.train(a.dataset, backbone=a.backbone, dim=a.dim, out=a.out, config=a.config,
                         overrides=_merge(flags, over), resume=a.resume, role=a.role)
-    m = run.metrics
-    print(_summary(m))
+    from .train.distributed import context
+
+    if context().is_main:  # under torchrun only rank 0 reports
+        print(_summary(run.metrics))
     return 0
 
 
