@@ -297,6 +297,13 @@ def distill(dataset: DatasetLike = "citeulike-t", teacher: Union[str, Path, Run]
     cfg = resolve_config("distill", str(ds_name), backbone=backbone or trun.config["backbone"], dim=dim,
                          method=method, teacher=str(trun.dir), config_file=config, overrides=overrides,
                          flags={"train": train_options} if train_options else None)
+    if cfg["method"]["name"] == "hetcomp" and not cfg["method"].get("trajectory_dir"):
+        # HetComp distils the teacher's training trajectory: its checkpoints every N epochs
+        traj = trun.dir / "trajectory"
+        if not traj.is_dir():
+            raise ConfigError(f"option '--teacher': hetcomp needs the teacher's trajectory checkpoints in {traj}; "
+                              "train the teacher with train.save_every=N (or set method.trajectory_dir)")
+        cfg["method"]["trajectory_dir"] = str(traj.resolve())
     ds = _dataset_for(cfg, ds_obj)
     from .train.trainer import BEST, load_checkpoint_file
 
