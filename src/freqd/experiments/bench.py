@@ -116,6 +116,10 @@ def plan_grid(
         tdir = Path(teacher_dir)
         if not (tdir / "metrics.json").is_file():
             raise ConfigError(f"option '--teacher': {tdir} is not a finished run (no metrics.json)")
+        from ..runs import read_run_config
+
+        tcfg = read_run_config(tdir)
+        specs.append(RunSpec("teacher", "train", int(tcfg.get("train", {}).get("seed", 0)), tcfg, tdir))
     else:
         tcfg = resolve_config("train", dataset, backbone=tb, role="teacher",
                               overrides=_merge_over(common, teacher_overrides, {"train": {"seed": teacher_seed}}))

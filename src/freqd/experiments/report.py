@@ -104,7 +104,8 @@ def make_table(rows: List[dict]) -> str:
                 common = [s for s in seeds if s in by[best_base[k]]]
                 p = paired_p([by[m][s][f"test_{k}"] for s in common], [by[best_base[k]][s][f"test_{k}"] for s in common])
                 if p is not None and p < 0.05:
-                    mark = "*"
+                    mb = sum(by[best_base[k]][s][f"test_{k}"] for s in common) / len(common)
+                    mark = "*" if mu > mb else "▼"
             cells.append(f"{mu:.4f} ± {sd:.4f}{mark}")
         out.write(f"| {g} | {m} | {len(seeds)} | " + " | ".join(cells) + " |\n")
     for f in freqds:
@@ -118,7 +119,8 @@ def make_table(rows: List[dict]) -> str:
             mb = sum(r[f"test_{k}"] for r in by[b].values()) / len(by[b])
             cells.append(f"{100 * (mf - mb) / mb:+.1f}% (vs {b})" if mb else "-")
         out.write(f"| | improvement of {f} over the best baseline | | " + " | ".join(cells) + " |\n")
-    out.write("\n`*`: paired t-test over seeds against the best baseline of that column, p < 0.05.\n")
+    out.write("\n`*` / `▼`: significantly better / worse than the best baseline of that column "
+              "(paired t-test over seeds, p < 0.05).\n")
     return out.getvalue()
 
 
