@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Copy a bench's small result files (no checkpoints, no data) into docs/results/NAME.
+#   bash scripts/collect_results.sh BENCH_DIR NAME
+set -euo pipefail
+src=$1; dst=docs/results/$2
+mkdir -p "$dst"
+for f in results.csv table.md table_paper.md efficiency.md bars.png curves.png; do
+  [ -f "$src/$f" ] && cp "$src/$f" "$dst/"
+done
+if [ -d "$src/runs" ]; then
+  for d in "$src"/runs/*/; do
+    n=$(basename "$d"); mkdir -p "$dst/runs/$n"
+    for f in config.yaml metrics.json history.csv; do [ -f "$d/$f" ] && cp "$d/$f" "$dst/runs/$n/"; done
+  done
+fi
+echo "collected $src -> $dst"
