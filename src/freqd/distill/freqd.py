@@ -231,23 +231,34 @@ class FreqD(Distiller):
 
     def _filtered_projection(self, side: str, plan, x: Tensor) -> Tensor:
         """(H P(x))[rows] with P the side's expert projector, computed as
-        (1/E) sum_e (H h_e(x)) W2_e + (H 1) mean_e b2_e, with h_e the experts' hidden layers
-        (with the projector's dropout, drawn per expert and row as in its forward())."""
+        (1/E) sum_e (H h_e(x)) W2_e + (H 1) mean_e b2_e, with h_e the experts' hidden layers.
+
+        The projector's dropout is drawn per expert, row and unit as in its forward(): the
+        input mask on the small [E, n, d_S] copies, the hidden mask as ``rand < keep`` on the
+        pre-activations (relu(z) m = relu(z m) for m in {0, 1}); the 1/keep rescaling and the
+        1/E mean are applied after the (linear) filter, on the batch rows only. Each expert's
+        hidden block is filtered in place ([n, h], contiguous), so the [E, n, h] stack is
+        never transposed or copied.
+        """
         proj = self.proj_user if side == "user" else self.proj_item
         bank, p = proj.bank, proj.dropout
-        E, n, hid = bank.n_experts, x.shape[0], bank.hidden
+        E = bank.n_experts
+        n = x.shape[0]
+        scale = 1.0 / E
         if self.training and p > 0:
+            keep = 1.0 - p
             xe = F.dropout(x.unsqueeze(0).expand(E, n, x.shape[1]), p, training=True)
-            h = torch.relu(torch.baddbmm(bank.b1.unsqueeze(1), xe, bank.w1))
-            h = F.dropout(h, p, training=True)
+            pre = torch.baddbmm(bank.b1.unsqueeze(1), xe, bank.w1)  # [E, n, h]
+            with torch.no_grad():
+                mask = torch.rand(pre.shape, device=pre.device, dtype=pre.dtype) < keep
+            h = torch.relu(pre * mask)
+            scale = scale / keep
         else:
-            h = bank.hidden_layer(x)
-        hf = plan.apply(h.transpose(0, 1).reshape(n, E * hid))  # [B, E*hid]
-        b = hf.shape[0]
-        w2 = bank.w2.reshape(E * hid, bank.d_out)
+            h = bank.hidden_layer(x)  # [E, n, h]
+        hf = torch.stack([plan.apply(h[e]) for e in range(E)])  # [E, B, h]
+        out = torch.einsum("ebh,ehd->bd", hf, bank.w2) * scale
         ones = torch.ones(n, 1, device=x.device, dtype=x.dtype)
-        rowsum = plan.apply(ones)  # H 1 on the batch rows
-        return (hf @ w2) / E + rowsum * bank.b2.mean(0)
+        return out + plan.apply(ones) * bank.b2.mean(0)  # (H 1) b2
 
     def _project_rows(self, side: str, rows: Tensor, z: Tensor) -> Tensor:
         if self.cfg.graph != "bipartite":
