@@ -77,7 +77,8 @@ def interrupt_and_resume(argv: list, out: Path, env: dict, seed: int) -> subproc
         log.close()
     assert not (out / "metrics.json").exists()
     st = load_checkpoint_file(out / CKPT)  # never half-written, whenever the kill came
-    assert 1 <= st["epoch"] < int(argv[argv.index("--epochs") + 1])
+    # (a kill after the last checkpoint but before metrics.json is an interruption too)
+    assert 1 <= st["epoch"] <= int(argv[argv.index("--epochs") + 1])
     # what a kill during an atomic write leaves: a stray temp file, which must not matter
     (out / f".{CKPT}.interrupted.tmp").write_bytes(b"\x80\x02partial")
     return run_cli([*argv, "--out", out, "--resume"], out.parent, env)
