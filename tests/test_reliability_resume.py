@@ -94,7 +94,7 @@ def check_same_run(resumed: Path, ref: Path, seed: int) -> None:
 
 
 def test_kill9_then_resume_equals_uninterrupted_train(env, tmp_path):
-    epochs = 12
+    epochs = 150  # long enough (seconds) that the kill always lands mid-run on a fast machine
     ref = tmp_path / "ref"
     api.train("tiny", backbone="mf", dim=16, out=ref, epochs=epochs, seed=3, overrides=COMMON)
     seed = int.from_bytes(os.urandom(4), "little")
