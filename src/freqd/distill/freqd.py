@@ -23,7 +23,7 @@ from typing import Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import check
 from ..errors import ConfigError

@@ -12,7 +12,6 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import List
 
 import numpy as np
 
@@ -76,7 +75,6 @@ def cmd_spectrum(a) -> int:
                               n_low=a.partial, n_high=a.partial)
     lam = np.asarray(spec.lambdas, dtype=np.float64)
     L = laplacian(A_hat)
-    rows: List[dict] = []
     per_student = {}
     for label, name, dist in students:
         with torch.no_grad():
