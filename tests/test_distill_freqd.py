@@ -180,3 +180,40 @@ def test_items_without_training_interactions_have_no_edges(tiny_dir):
     deg_train = np.asarray(ds.train.sum(0)).ravel()
     isolated = np.where(deg_train == 0)[0]
     assert (np.diff(A.indptr)[isolated] == 0).all()
+
+
+@pytest.mark.parametrize("filt", ["linear", "quadratic"])
+def test_filtered_projection_with_dropout_masks_equals_filtering_the_projection(tiny_dir, filt):
+    """The commuted computation (filter the experts' hidden layers, then the last layer)
+    equals projecting the neighbourhood with the same dropout masks and filtering that."""
+    from freqd.spectral.filters import sample_hops
+    from freqd.spectral.local import local_filter_plan
+
+    ds = read_tiny(tiny_dir)
+    student, d = _build(ds, "freqd", filter=filt, keep_prob=0.5, dropout=0.3, experts=3)
+    d.train()
+    g = torch.Generator().manual_seed(5)
+    rows = torch.unique(torch.randint(0, ds.n_items, (40,), generator=g))
+    hops = sample_hops(d._op("item"), d.filt, 0.5, g)
+    plan = local_filter_plan(hops, d.filt, rows)
+    xs, _ = d._node_features("item", plan.cols, None, project=False)
+    masks = d.proj_item.sample_masks(plan.cols.numel(), generator=g)
+    got = d._filtered_projection("item", plan, xs, masks=masks)
+    want = plan.apply(d.proj_item(xs, masks=masks))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # and the masks matter (the comparison is not vacuous)
+    other = d.proj_item.sample_masks(plan.cols.numel(), generator=g)
+    assert not torch.allclose(d._filtered_projection("item", plan, xs, masks=other), want)
+
+
+def test_keep_mask_rate_and_reproducibility():
+    from freqd.distill.freqd import keep_mask
+
+    torch.manual_seed(0)
+    a = keep_mask((4, 1000, 50), 0.8, "cpu")
+    torch.manual_seed(0)
+    b = keep_mask((4, 1000, 50), 0.8, "cpu")
+    assert a.dtype == torch.bool and a.shape == (4, 1000, 50)
+    assert torch.equal(a, b)
+    assert abs(a.float().mean().item() - 0.8) < 0.005
+    assert not torch.equal(a, keep_mask((4, 1000, 50), 0.8, "cpu"))  # the generator advanced

@@ -151,3 +151,31 @@ def test_plan_work_is_bounded_by_the_operators(item_ahat):
     sizes = plan.sets
     assert sizes == sorted(sizes) and sizes[-1] == plan.cols.numel()
     assert sizes[0] == torch.arange(0, n, 50).numel()
+
+
+@pytest.mark.parametrize("name", ["linear", "quadratic", "identity"])
+def test_stacked_apply_equals_one_call_per_block(item_ahat, name):
+    """plan.apply on an [E, n, d] stack (block-diagonal hops) equals E separate calls, in
+    values and in gradients."""
+    filt = {"linear": linear(0.5), "quadratic": quadratic(0.4), "identity": linear(0.0)}[name]
+    g = torch.Generator().manual_seed(3)
+    hops = sample_hops(item_ahat, filt, 0.5, g)
+    rows = _rows(item_ahat.shape[0], g)
+    plan = local_filter_plan(hops, filt, rows)
+    E, d = 3, 5
+    X = torch.randn(E, plan.cols.numel(), d, dtype=torch.float64, generator=g, requires_grad=True)
+    W = torch.randn(E, rows.numel(), d, dtype=torch.float64, generator=g)
+    stacked = plan.apply(X)
+    assert stacked.shape == (E, rows.numel(), d)
+    (stacked * W).sum().backward()
+    g_stacked = X.grad.clone()
+    X.grad = None
+    one = torch.stack([plan.apply(X[e]) for e in range(E)])
+    (one * W).sum().backward()
+    torch.testing.assert_close(stacked, one, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_stacked, X.grad, rtol=1e-12, atol=1e-12)
+    # E = 1 and the cached plan of E copies give the same again
+    torch.testing.assert_close(plan.apply(X[:1].detach())[0], one[0].detach())
+    assert plan.repeated(E) is plan.repeated(E)
+    with pytest.raises(ValueError, match="rows per block"):
+        plan.apply(X[:, :-1].detach())

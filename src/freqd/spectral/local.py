@@ -104,7 +104,25 @@ class LocalFilterPlan:
         return out
 
     def apply(self, X_cols: Tensor) -> Tensor:
-        """(H X)[rows] from ``X_cols = X[cols]`` (``[len(cols), d]``); autograd flows to X_cols."""
+        """(H X)[rows] from ``X_cols = X[cols]`` (``[len(cols), d]``); autograd flows to X_cols.
+
+        A stack ``[E, len(cols), d]`` of E feature blocks (e.g. the hidden layers of E
+        projector experts) is filtered in one pass, block by block, as if through E separate
+        calls: the hop operators become block-diagonal (E copies), so each hop is one sparse
+        product on the ``[E * n, d]`` view and nothing is transposed or copied per block.
+        Returns ``[E, len(rows), d]`` then.
+        """
+        if X_cols.dim() == 3:
+            E, n, d = X_cols.shape
+            if n != self.cols.numel():
+                raise ValueError(
+                    f"X_cols has {n} rows per block, the plan needs {self.cols.numel()} "
+                    "(one per entry of plan.cols)"
+                )
+            if E == 1:
+                return self.apply(X_cols[0]).unsqueeze(0)
+            out = self.repeated(E).apply(X_cols.reshape(E * n, d))
+            return out.view(E, self.rows.numel(), d)
         if X_cols.shape[0] != self.cols.numel():
             raise ValueError(
                 f"X_cols has {X_cols.shape[0]} rows, the plan needs {self.cols.numel()} "
@@ -123,6 +141,39 @@ class LocalFilterPlan:
                     y = y + x_in[h.x_pos.to(x_in.device)] * h.coef
             z = y
         return z[self.out_index.to(z.device)]
+
+    def repeated(self, E: int) -> LocalFilterPlan:
+        """The plan of E independent copies of this one, stacked: block-diagonal hop
+        operators, ``cols``/``rows`` repeated with block offsets (cached per E)."""
+        cache = self.__dict__.setdefault("_repeated", {})
+        if E in cache:
+            return cache[E]
+        factors = []
+        for f in self.factors:
+            hops = []
+            for h in f.hops:
+                op = h.op.coalesce()
+                r_n, c_n = op.shape
+                idx, vals = op.indices(), op.values()
+                off = torch.arange(E, device=idx.device).repeat_interleave(idx.shape[1])
+                bidx = idx.repeat(1, E) + off.unsqueeze(0) * torch.tensor(
+                    [[r_n], [c_n]], device=idx.device)
+                bop = torch.sparse_coo_tensor(bidx, vals.repeat(E), (E * r_n, E * c_n),
+                                              is_coalesced=True, check_invariants=False)
+                x_pos = None
+                if h.x_pos is not None:
+                    x_pos = (h.x_pos.unsqueeze(0)
+                             + f.n_in * torch.arange(E, device=h.x_pos.device).unsqueeze(1)).reshape(-1)
+                hops.append(_Hop(bop, h.coef, x_pos))
+            factors.append(_Factor(f.top, hops, E * f.n_in, E * f.n_out))
+        n_out = self.factors[-1].n_out if self.factors else self.cols.numel()
+        out_index = (self.out_index.unsqueeze(0)
+                     + n_out * torch.arange(E, device=self.out_index.device).unsqueeze(1)).reshape(-1)
+        rows = self.rows.repeat(E)
+        cols = self.cols.repeat(E)
+        plan = LocalFilterPlan(rows, cols, factors, out_index)
+        cache[E] = plan
+        return plan
 
     def apply_full(self, X: Tensor) -> Tensor:
         """Same as ``apply(X[cols])`` for a full table ``X``."""
