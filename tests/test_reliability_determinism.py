@@ -13,7 +13,7 @@ import torch
 from freqd import api
 from freqd.train.trainer import BEST, load_checkpoint_file
 
-TIMING = ("seconds_per_epoch", "eval_seconds", "prepare_seconds")
+TIMING = ("seconds_per_epoch", "eval_seconds", "prepare_seconds", "checkpoint_seconds")
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from freqd.errors import FreqdError
 from freqd.train.trainer import CKPT, load_checkpoint_file
 from freqd.utils.atomic import atomic_path, torch_save, write_json, write_text
 
-TIMING = ("seconds_per_epoch", "eval_seconds", "prepare_seconds")
+TIMING = ("seconds_per_epoch", "eval_seconds", "prepare_seconds", "checkpoint_seconds")
 TRAIN = ["train", "tiny", "--dim", "8", "--epochs", "3", "--no-progress", "train.threads=1"]
 
 

@@ -9,6 +9,7 @@ with the same seed agree.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -27,7 +28,7 @@ from freqd.errors import FreqdError
 from freqd.runs import run_lock
 from freqd.train.trainer import BEST, CKPT, load_checkpoint_file
 
-TIMING = ("seconds_per_epoch", "eval_seconds", "prepare_seconds")
+TIMING = ("seconds_per_epoch", "eval_seconds", "prepare_seconds", "checkpoint_seconds")
 COMMON = {"train": {"threads": 1, "progress": False}}
 
 
@@ -159,3 +160,53 @@ def test_resume_with_a_truncated_checkpoint_is_refused(env, tmp_path):
         api.train("tiny", backbone="mf", dim=8, out=out, epochs=2, overrides=COMMON, resume=True)
     assert ck.read_bytes() == damaged  # neither used nor silently replaced
     assert not (out / "metrics.json").exists()
+
+
+def test_throttled_checkpoints_write_at_stop_and_resume_the_same(env, tmp_path, monkeypatch):
+    """train.checkpoint_interval: writes are skipped between evaluations, the state at the
+    stop is always written, and a run resumed from a sparse checkpoint ends the same."""
+    tr = importlib.import_module("freqd.train.trainer")
+
+    writes = []
+    real = tr.torch_save
+
+    def counting(obj, path, *a, **k):
+        writes.append(Path(path).name)
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(tr, "torch_save", counting)
+    ref = tmp_path / "ref"
+    api.train("tiny", backbone="mf", dim=8, out=ref, epochs=6, seed=1, overrides=COMMON)
+    assert writes.count(CKPT) == 6  # default (auto) on a small model: after every evaluation
+    writes.clear()
+    lazy = {"train": {**COMMON["train"], "checkpoint_interval": 1e9}}
+    run = tmp_path / "run"
+    api.train("tiny", backbone="mf", dim=8, out=run, epochs=3, seed=1, overrides=lazy)
+    assert writes.count(CKPT) == 1 and writes.count(BEST) == 1  # only at the stop
+    st = load_checkpoint_file(run / CKPT)
+    assert st["epoch"] == 3 and st["io_seconds"] > 0
+    best = load_checkpoint_file(run / BEST)
+    assert best["epoch"] == json.loads((run / "metrics.json").read_text())["best_epoch"]
+    # extend the same run to 6 epochs: identical to the uninterrupted reference
+    api.train("tiny", backbone="mf", dim=8, out=run, epochs=6, seed=1, overrides=lazy, resume=True)
+    check_same_run(run, ref, 0)
+    assert json.loads((run / "metrics.json").read_text())["checkpoint_seconds"] > 0
+
+
+def test_time_limit_counts_checkpoint_writes(env, tmp_path, monkeypatch):
+    """A run whose checkpoint writes are slow stops on train.time_limit even when training
+    and evaluation alone are far below it."""
+    tr = importlib.import_module("freqd.train.trainer")
+
+    real = tr.torch_save
+
+    def slow(obj, path, *a, **k):
+        time.sleep(0.3)
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(tr, "torch_save", slow)
+    opts = {"train": {**COMMON["train"], "time_limit": 1.0, "checkpoint_interval": 0}}
+    run = api.train("tiny", backbone="mf", dim=8, out=tmp_path / "r", epochs=200, seed=1, overrides=opts)
+    m = run.metrics
+    assert m["stopped_by_time_limit"] and m["epochs_run"] < 10
+    assert m["checkpoint_seconds"] >= 0.6

@@ -26,7 +26,12 @@ class TrainConfig:
     save_every: int = 0  #: also keep trajectory/epoch_XXXX.pt every N epochs (0 = off; HetComp)
     threads: Optional[int] = None  #: torch intra-op threads (None = torch default)
     progress: bool = True  #: show a progress bar
-    time_limit: Optional[float] = None  #: stop after this many seconds of training + evaluation (None = no limit)
+    time_limit: Optional[float] = None  #: stop after this many seconds of training + evaluation + checkpoint writes (None = no limit)
+    checkpoint_interval: Optional[float] = None
+    #: minimum seconds between checkpoint writes (0 = after every evaluation). None = auto:
+    #: after every evaluation, unless one write takes over 0.5 s (a large model); then at
+    #: most one write per 10 write-durations, so that writes stay under ~10% of the run.
+    #: The state is always written when the run stops.
 
     def __post_init__(self):
         check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
@@ -48,6 +53,8 @@ class TrainConfig:
               "train.device", f"expected cpu, cuda or cuda:N, got {self.device!r}")
         check(self.time_limit is None or self.time_limit > 0, "train.time_limit", "must be > 0 seconds")
         check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
+        check(self.checkpoint_interval is None or self.checkpoint_interval >= 0, "train.checkpoint_interval",
+              "must be >= 0 seconds (or null for auto)")
         if self.optimizer == "sparse_adam":
             check(self.weight_decay == 0, "train.optimizer",
                   "sparse_adam applies no weight decay: set train.weight_decay=0 explicitly")

@@ -124,6 +124,11 @@ class Trainer:
         self.eval_seconds: List[float] = []
         self.stopped_early = False
         self.stopped_by_time = False
+        self.io_seconds = 0.0  # checkpoint writes (counted by train.time_limit)
+        self._last_write = time.perf_counter()
+        self._write_cost = 0.0  # seconds the last checkpoint write took
+        self._best_payload: Optional[dict] = None  # best model not yet written to best.pt
+        self._unsaved = False  # state changed since the last checkpoint write
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -156,6 +161,7 @@ class Trainer:
             "history": self.history.rows,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
+            "io_seconds": self.io_seconds,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": _np_state(),
@@ -199,10 +205,37 @@ class Trainer:
         if self.distiller is not None and "distiller_extra" in mine:
             self.distiller.load_extra_state(mine["distiller_extra"])
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, force: bool = True) -> bool:
+        """Write best.pt (if the best model changed) and checkpoint.pt, atomically each.
+
+        ``force=False`` applies ``train.checkpoint_interval`` (see its doc): the write is
+        skipped if it would come too soon after the last one; a later write (at the latest
+        when the run stops) saves the state. Returns whether it wrote."""
         if self.out_dir is None:
-            return
+            return False
+        now = time.perf_counter()
+        iv = self.cfg.checkpoint_interval
+        if iv is None:
+            iv = 10.0 * self._write_cost if self._write_cost > 0.5 else 0.0
+        if not force and now - self._last_write < iv:
+            self._unsaved = True
+            return False
+        self._write_best()
+        t1 = time.perf_counter()
         torch_save(self._state(), self.out_dir / CKPT)
+        done = time.perf_counter()
+        self.io_seconds += done - t1
+        self._write_cost = done - now
+        self._last_write = done
+        self._unsaved = False
+        return True
+
+    def _write_best(self) -> None:
+        if self._best_payload is not None and self.out_dir is not None:
+            t0 = time.perf_counter()
+            torch_save(self._best_payload, self.out_dir / BEST)
+            self._best_payload = None
+            self.io_seconds += time.perf_counter() - t0
 
     def load_checkpoint(self, path: Path) -> None:
         st = load_checkpoint_file(path)
@@ -222,6 +255,7 @@ class Trainer:
         self.history.rows = list(st["history"])
         self.train_seconds = list(st["train_seconds"])
         self.eval_seconds = list(st["eval_seconds"])
+        self.io_seconds = float(st.get("io_seconds", 0.0))
         rng = st["rng"]
         torch.set_rng_state(rng["torch"])
         _np_set_state(rng["numpy"])
@@ -289,7 +323,7 @@ class Trainer:
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(epoch, row)
                 self.history.rows.append(row)
-                self.save_checkpoint()
+                self.save_checkpoint(force=False)
                 self._write_history()
                 log.info("epoch %d  loss %.4f  valid %s %.5f  best %.5f@%d  (%.1fs train, %.1fs eval)",
                          epoch, row["loss"], cfg.monitor, valid.get(cfg.monitor, float("nan")),
@@ -298,12 +332,15 @@ class Trainer:
                 self.history.rows.append(row)
                 log.info("epoch %d  loss %.4f  (%.1fs)", epoch, row["loss"], dt)
             if self.dist.active:  # rank 0's early-stopping counter and clock: every rank stops together
-                self.bad_evals, self.train_seconds, self.eval_seconds = self.dist.broadcast_object(
-                    (self.bad_evals, self.train_seconds, self.eval_seconds))
+                self.bad_evals, self.train_seconds, self.eval_seconds, self.io_seconds = self.dist.broadcast_object(
+                    (self.bad_evals, self.train_seconds, self.eval_seconds, self.io_seconds))
+        if self._unsaved and self.dist.is_main:  # throttled writes: the state at the stop is saved
+            self.save_checkpoint()
         return self.finish()
 
     def _should_stop(self) -> bool:
-        if self.cfg.time_limit is not None and sum(self.train_seconds) + sum(self.eval_seconds) >= self.cfg.time_limit:
+        spent = sum(self.train_seconds) + sum(self.eval_seconds) + self.io_seconds
+        if self.cfg.time_limit is not None and spent >= self.cfg.time_limit:
             self.stopped_by_time = True
             return True
         if self.bad_evals >= self.cfg.patience:
@@ -340,7 +377,8 @@ class Trainer:
                         "fingerprint": self.dataset.fingerprint()}
                 if self.distiller is not None:  # projectors at the best epoch (for `freqd spectrum`)
                     best["distiller"] = self.distiller.state_dict()
-                torch_save(best, self.out_dir / BEST)
+                # written with the next checkpoint (save_checkpoint): a copy until then
+                self._best_payload = _detached_copy(best)
             else:
                 self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
@@ -360,6 +398,7 @@ class Trainer:
         if self.best is None:  # no evaluation happened (e.g. epochs < eval_every): evaluate now
             self._update_best(self.epoch, self.evaluate("valid"))
         if self.out_dir is not None:
+            self._write_best()
             st = load_checkpoint_file(self.out_dir / BEST)
             self.model.load_state_dict(st["model"])
         else:
@@ -376,6 +415,7 @@ class Trainer:
             "stopped_by_time_limit": self.stopped_by_time,
             "seconds_per_epoch": float(np.mean(self.train_seconds)) if self.train_seconds else 0.0,
             "eval_seconds": float(np.mean(evals)),
+            "checkpoint_seconds": round(self.io_seconds, 3),
             "valid": {k: v for k, v in self.best["valid"].items()},
             "test": test,
         }
@@ -388,6 +428,17 @@ class Trainer:
         log.info("best epoch %d: test %s", self.best["epoch"],
                  "  ".join(f"{k} {v:.5f}" for k, v in test.items() if k.split("@")[0] in ("recall", "ndcg") and isinstance(v, float)))
         return self.dist.broadcast_object(metrics)
+
+
+def _detached_copy(obj):
+    """A deep copy of a (nested) state dict whose tensors are detached clones."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, _detached_copy(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detached_copy(v) for v in obj)
+    return obj
 
 
 def load_checkpoint_file(path: Path) -> dict:
