@@ -31,6 +31,7 @@ the cost of a hop is bounded by the edges leaving its row set, never by a fill-i
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,23 @@ def _gather_rows(op: SparseOp, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return local, op.indices[idx], op.values[idx]
 
 
+class _SpMM(torch.autograd.Function):
+    """``op @ y`` for a constant sparse ``op`` with its transpose given for the backward pass.
+
+    torch's own backward of a COO product transposes and re-sorts the operator and
+    zero-fills the gradient on every call; here both directions are CSR products with
+    operators built once per plan."""
+
+    @staticmethod
+    def forward(ctx, op: Tensor, op_t: Tensor, y: Tensor) -> Tensor:
+        ctx.op_t = op_t
+        return torch.sparse.mm(op, y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return None, None, torch.sparse.mm(ctx.op_t, g.contiguous())
+
+
 @dataclass
 class _Hop:
     """One sparse product: Y_out = op @ Y_in (+ coef * X_in[x_pos])."""
@@ -67,6 +85,18 @@ class _Hop:
     op: Tensor  # sparse COO, |R_out| x |R_in|
     coef: float  # c_{m-t}: weight of the factor's input added after the product
     x_pos: Tensor | None  # positions of R_out inside the factor's input set (None if coef 0)
+    _csr: dict = field(default_factory=dict, repr=False)  # (device, dtype) -> (op, op.T) as CSR
+
+    def mm(self, y: Tensor) -> Tensor:
+        key = (y.device, y.dtype)
+        pair = self._csr.get(key)
+        if pair is None:
+            op = self.op.to(device=y.device, dtype=y.dtype).coalesce()
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": products only
+                warnings.simplefilter("ignore", UserWarning)
+                pair = (op.to_sparse_csr(), op.t().coalesce().to_sparse_csr())
+            self._csr[key] = pair
+        return _SpMM.apply(pair[0], pair[1], y)
 
 
 @dataclass
@@ -133,10 +163,7 @@ class LocalFilterPlan:
             x_in = z
             y = x_in * f.top if f.top != 1.0 else x_in
             for h in f.hops:
-                op = h.op
-                if op.device != y.device or op.dtype != y.dtype:
-                    op = op.to(device=y.device, dtype=y.dtype)
-                y = torch.sparse.mm(op, y)
+                y = h.mm(y)
                 if h.x_pos is not None:
                     y = y + x_in[h.x_pos.to(x_in.device)] * h.coef
             z = y
@@ -226,10 +253,12 @@ def local_filter_plan(ops: Any, filt: PolyFilter, rows: Any) -> LocalFilterPlan:
             out_set, in_set = sets[m - t], sets[m - t + 1]
             r_loc, c_glob, vals = blocks[m - t]
             c_loc = torch.searchsorted(in_set, c_glob)
-            sub = torch.sparse_coo_tensor(
-                torch.stack([r_loc, c_loc]), vals, (out_set.numel(), in_set.numel()),
-                check_invariants=False,
-            ).coalesce()
+            with warnings.catch_warnings():  # "invariant checks are implicitly disabled": built valid
+                warnings.simplefilter("ignore", UserWarning)
+                sub = torch.sparse_coo_tensor(
+                    torch.stack([r_loc, c_loc]), vals, (out_set.numel(), in_set.numel()),
+                    check_invariants=False,
+                ).coalesce()
             coef = f[m - t]
             x_pos = torch.searchsorted(big, out_set) if coef != 0.0 else None
             fhops.append(_Hop(sub, coef, x_pos))
