@@ -276,7 +276,25 @@ class FitNet(_FeatureDistiller):
 
 
 # -- DE -----------------------------------------------------------------------------------
-class DE(_FeatureDistiller):
+class _GumbelSides(_FeatureDistiller):
+    """A Gumbel-softmax expert set per side (``experts_u``, ``experts_i``) with the
+    configured temperature schedule (``T`` -> ``end_T`` over ``anneal_epochs``), stepped by
+    :meth:`on_epoch_start`: the shared part of DE and HTD."""
+
+    def _init_gumbel_sides(self, n_experts: int) -> None:
+        c = self.cfg
+        self.experts_u = GumbelExperts(self.d_student, self.d_teacher, n_experts)
+        self.experts_i = GumbelExperts(self.d_student, self.d_teacher, n_experts)
+        self.epoch = 0
+        self.temperature = annealed_temperature(0, c.T, c.end_T, c.anneal_epochs, c.anneal)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        c = self.cfg
+        self.temperature = annealed_temperature(self.epoch, c.T, c.end_T, c.anneal_epochs, c.anneal)
+
+
+class DE(_GumbelSides):
     """Distillation Experts: ``sum_e ||t_e - sum_k z_ek f_k(s_e)||^2`` with Gumbel-softmax
     gates ``z_e`` drawn from the teacher's selection net ``softmax(W t_e)``, per side;
     ``L = L(users) + 0.5 (L(pos) + L(neg))``. The temperature follows the configured
@@ -287,15 +305,7 @@ class DE(_FeatureDistiller):
 
     def __init__(self, teacher, student, dataset, cfg: DEConfig):
         super().__init__(teacher, student, dataset, cfg)
-        self.experts_u = GumbelExperts(self.d_student, self.d_teacher, cfg.n_experts)
-        self.experts_i = GumbelExperts(self.d_student, self.d_teacher, cfg.n_experts)
-        self.epoch = 0
-        self.temperature = annealed_temperature(0, cfg.T, cfg.end_T, cfg.anneal_epochs, cfg.anneal)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        c = self.cfg
-        self.temperature = annealed_temperature(self.epoch, c.T, c.end_T, c.anneal_epochs, c.anneal)
+        self._init_gumbel_sides(cfg.n_experts)
 
     def loss(self, batch: dict[str, Tensor], student_reps: Reps) -> dict[str, Tensor]:
         s, t = self.tables(student_reps)

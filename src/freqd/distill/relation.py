@@ -39,8 +39,7 @@ from torch import Tensor
 
 from ..config import check
 from ..models.base import Reps
-from .feature import FeatureKDConfig, _check_temperature, _FeatureDistiller, sq_error_sum
-from .projectors import GumbelExperts, annealed_temperature
+from .feature import FeatureKDConfig, _check_temperature, _GumbelSides, sq_error_sum
 
 __all__ = ["HTD", "HTDConfig", "group_prototypes", "topology_loss"]
 
@@ -111,7 +110,7 @@ def topology_loss(s: Tensor, t: Tensor, groups: Tensor, choice: str = "second",
     return entity, group
 
 
-class HTD(_FeatureDistiller):
+class HTD(_GumbelSides):
     """Hierarchical Topology Distillation (see the module docstring for the loss)."""
 
     name = "htd"
@@ -119,15 +118,7 @@ class HTD(_FeatureDistiller):
 
     def __init__(self, teacher, student, dataset, cfg: HTDConfig):
         super().__init__(teacher, student, dataset, cfg)
-        self.experts_u = GumbelExperts(self.d_student, self.d_teacher, cfg.n_groups)
-        self.experts_i = GumbelExperts(self.d_student, self.d_teacher, cfg.n_groups)
-        self.epoch = 0
-        self.temperature = annealed_temperature(0, cfg.T, cfg.end_T, cfg.anneal_epochs, cfg.anneal)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        c = self.cfg
-        self.temperature = annealed_temperature(self.epoch, c.T, c.end_T, c.anneal_epochs, c.anneal)
+        self._init_gumbel_sides(cfg.n_groups)
 
     def loss(self, batch: dict[str, Tensor], student_reps: Reps) -> dict[str, Tensor]:
         (su, si), (tu, ti) = self.tables(student_reps)
