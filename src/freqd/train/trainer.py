@@ -290,15 +290,19 @@ class Trainer:
             bar = _progress(n_batches, f"epoch {epoch}", cfg.progress and self.dist.is_main)
             for batch in self.sampler.epoch():
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                parts = self.step(batch)
+                parts = self.step(batch)  # 0-dim tensors: summed on the device, read once per epoch
                 for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    v = v.double() if v.device.type != "mps" else v  # (MPS has no float64)
+                    sums[k] = sums[k] + v if k in sums else v
                 if bar is not None:
                     bar.update(1)
-                    el = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{parts['loss']:.4g}", it_s=f"{bar.n * cfg.batch_size / max(el, 1e-9):.0f}/s", refresh=False)
+                    if bar.n % 10 == 0 or bar.n == n_batches:  # reading the loss waits for the device
+                        el = time.perf_counter() - t0
+                        bar.set_postfix(loss=f"{float(parts['loss']):.4g}",
+                                        it_s=f"{bar.n * cfg.batch_size / max(el, 1e-9):.0f}/s", refresh=False)
             if bar is not None:
                 bar.close()
+            sums = {k: float(v) for k, v in sums.items()}
             sums = self.dist.sum_floats(sums)  # batch sums over the ranks = the global batch's
             dt = time.perf_counter() - t0
             self.train_seconds.append(dt)
@@ -348,22 +352,24 @@ class Trainer:
             return True
         return False
 
-    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """One optimisation step; returns the loss parts as detached 0-dim tensors (on the
+        model's device: no host synchronisation per step)."""
         reps = self.model.propagate()
         out = self.model.loss(batch, reps)
         total = out["loss"]
-        parts = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+        parts = {k: v.detach().float().reshape(()) for k, v in out.items() if k != "loss"}
         if self.distiller is not None:
             kd = self.distiller.loss(batch, reps)
             total = total + self.kd_weight * kd["loss"]
-            parts["kd"] = float(kd["loss"].detach())
-            parts.update({f"kd_{k}": float(v.detach()) for k, v in kd.items() if k != "loss" and torch.is_tensor(v) and v.dim() == 0})
+            parts["kd"] = kd["loss"].detach().float().reshape(())
+            parts.update({f"kd_{k}": v.detach().float() for k, v in kd.items() if k != "loss" and torch.is_tensor(v) and v.dim() == 0})
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self._reducer is not None:
             self._reducer()
         self.optimizer.step()
-        parts["loss"] = float(total.detach())
+        parts["loss"] = total.detach().float().reshape(())
         return parts
 
     def _update_best(self, epoch: int, valid: dict) -> None:
