@@ -52,3 +52,30 @@ def test_bench_interrupted_then_resumed(tmp_path, shared_data):
     assert any("improvement of freqd over the best baseline" in ln for ln in table)
     for f in ("efficiency.md", "bars.png", "curves.png"):
         assert (out / f).is_file()
+
+
+def test_bench_reports_what_finished_when_a_run_fails(tmp_path, shared_data, monkeypatch):
+    """One failing run neither stops the other runs nor the report; the bench then exits
+    with an error that names the failed run."""
+    from freqd import api  # noqa: F401  (package import before patching the module)
+    from freqd.errors import FreqdError
+    import importlib
+
+    bench_mod = importlib.import_module("freqd.experiments.bench")
+    monkeypatch.setenv("FREQD_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("FREQD_CACHE_DIR", str(tmp_path / "cache"))
+    real = bench_mod._run_inprocess
+
+    def flaky(spec):
+        if spec.label == "fd":
+            raise FreqdError("simulated failure")
+        return real(spec)
+
+    monkeypatch.setattr(bench_mod, "_run_inprocess", flaky)
+    out = tmp_path / "bench"
+    with pytest.raises(FreqdError, match=r"fd/s0 \(simulated failure\)"):
+        bench_mod.bench("tiny", methods=["fd", "freqd"], seeds=1, out=out, jobs=1,
+                        overrides={"train": {"epochs": 1, "progress": False}})
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["label"] for r in rows) == ["freqd", "scratch", "teacher"]
+    assert (out / "table.md").is_file()

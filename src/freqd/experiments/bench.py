@@ -189,15 +189,20 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
     rest = [s for s in specs if s.label != "teacher"]
     for batch in ([teacher, rest] if teacher else [rest]):
         todo = [s for s in batch if not s.done]
+        failed: List[str] = []
         if jobs <= 1:
             for s in todo:
                 prog.line(done, [f"{s.label}/s{s.seed}"])
-                _run_inprocess(s)
+                try:
+                    _run_inprocess(s)
+                except FreqdError as e:  # the other runs go on; the grid reports it at the end
+                    log.error("bench: %s/s%d failed: %s", s.label, s.seed, e)
+                    failed.append(f"{s.label}/s{s.seed} ({e})")
+                    continue
                 done += 1
         else:
             running: Dict[subprocess.Popen, RunSpec] = {}
             queue = list(todo)
-            failed: List[str] = []
             while queue or running:
                 while queue and len(running) < jobs:
                     s = queue.pop(0)
@@ -216,8 +221,8 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
                     else:
                         done += 1
                         prog.line(done, [f"{r.label}/s{r.seed}" for r in running.values()])
-            if failed:
-                raise FreqdError("bench runs failed: " + "; ".join(failed))
+        if failed:
+            raise FreqdError("bench runs failed: " + "; ".join(failed))
     prog.line(done, [], "(grid complete)")
 
 
@@ -226,9 +231,15 @@ def bench(dataset: str, backbone: str = "mf", methods: Sequence[str] = ("fd", "f
     """Plan, run and report a grid; returns the output folder."""
     out = Path(out)
     specs = plan_grid(dataset, backbone, methods, seeds, out, **kw)
-    run_grid(specs, jobs=jobs)
-    if report:
+    failed: Optional[FreqdError] = None
+    try:
+        run_grid(specs, jobs=jobs)
+    except FreqdError as e:  # failed runs: still report what finished, then say what failed
+        failed = e
+    if report and any(s.done for s in specs):
         from .report import write_report
 
         write_report(out, specs)
+    if failed is not None:
+        raise failed
     return out
