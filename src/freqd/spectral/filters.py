@@ -324,11 +324,13 @@ class SparseOp:
         mask = mask.to(device=self.device, dtype=torch.bool)
         if mask.shape != (self.nnz,):
             raise ValueError(f"mask has shape {tuple(mask.shape)}, expected ({self.nnz},)")
-        kept_rows = self.row_ids()[mask]
-        counts = torch.bincount(kept_rows, minlength=self.n)
-        indptr = torch.zeros(self.n + 1, dtype=torch.int64, device=self.device)
-        indptr[1:] = torch.cumsum(counts, 0)
-        return SparseOp(indptr, self.indices[mask], self.values[mask] * scale, self.n)
+        # one compaction (one host sync on a GPU); the kept rows stay sorted (CSR order),
+        # so the new row pointers are a searchsorted, not a bincount + cumsum
+        keep = mask.nonzero().squeeze(1)
+        kept_rows = self.row_ids().index_select(0, keep)
+        indptr = torch.searchsorted(kept_rows, torch.arange(self.n + 1, device=self.device))
+        return SparseOp(indptr, self.indices.index_select(0, keep),
+                        self.values.index_select(0, keep) * scale, self.n)
 
     def scipy(self):
         """Back to a scipy CSR matrix (on the CPU)."""

@@ -227,7 +227,7 @@ def local_filter_plan(ops: Any, filt: PolyFilter, rows: Any) -> LocalFilterPlan:
     device = rows_t.device
     if hops and rows_t.numel():
         n = hops[0].n
-        if int(rows_t.min()) < 0 or int(rows_t.max()) >= n:
+        if bool(((rows_t < 0) | (rows_t >= n)).any()):  # one host sync
             raise IndexError(
                 f"row ids must lie in [0, {n}), got [{int(rows_t.min())}, {int(rows_t.max())}]"
             )
