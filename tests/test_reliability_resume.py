@@ -210,3 +210,23 @@ def test_time_limit_counts_checkpoint_writes(env, tmp_path, monkeypatch):
     m = run.metrics
     assert m["stopped_by_time_limit"] and m["epochs_run"] < 10
     assert m["checkpoint_seconds"] >= 0.6
+
+
+def test_auto_checkpoint_interval_throttles_only_slow_writes(env, tmp_path, monkeypatch):
+    """Default (auto): a write slower than 0.5 s makes the next ones wait 10 write-durations;
+    the state at the stop is still written."""
+    tr = importlib.import_module("freqd.train.trainer")
+    real = tr.torch_save
+    writes = []
+
+    def slow(obj, path, *a, **k):
+        writes.append(Path(path).name)
+        time.sleep(0.6)
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(tr, "torch_save", slow)
+    run = tmp_path / "r"
+    api.train("tiny", backbone="mf", dim=8, out=run, epochs=4, seed=1, overrides=COMMON)
+    # epoch 1 writes (nothing measured yet), epochs 2-3 fall inside 10 x 0.6 s, the stop writes
+    assert writes.count(CKPT) == 2, writes
+    assert load_checkpoint_file(run / CKPT)["epoch"] == 4
