@@ -12,10 +12,13 @@ export PYTHONPATH=$PWD/src FREQD_DATA_DIR=${FREQD_DATA_DIR:-$PWD/gpu_data} FREQD
 export FREQD_NO_PROGRESS=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 OUT=${OUT:-/tmp/out}; B=${BENCH_DIR:-/tmp/bench}; mkdir -p "$OUT" "$B"
 DATASET=${DATASET:-citeulike-t}; DEVICE=${DEVICE:-cuda}
-T_TEACH=${T_TEACH:-90}; T_STUD=${T_STUD:-130}; T_LGN_TEACH=${T_LGN_TEACH:-140}; T_LGN=${T_LGN:-220}
-GRID_TIMEOUT=${GRID_TIMEOUT:-430}
-MF_METHODS=${MF_METHODS:-fd,freqd,freqd+filter=quadratic,fitnet,de,rrd}
-LGN_METHODS=${LGN_METHODS:-fd,freqd,fitnet,rrd}
+# Session 1 of this script (docs/results/gpu-h100-citeulike) ran 16 processes at once: FreqD's
+# many small synchronising operations crawled (15-18 s/epoch), the second wave was cut. So:
+# first the FreqD step alone on the GPU, then fewer, longer runs (FreqD methods only for MF).
+T_TEACH=${T_TEACH:-90}; T_STUD=${T_STUD:-220}; T_LGN_TEACH=${T_LGN_TEACH:-150}; T_LGN=${T_LGN:-200}
+GRID_TIMEOUT=${GRID_TIMEOUT:-440}; MF_JOBS=${MF_JOBS:-8}; LGN_JOBS=${LGN_JOBS:-3}
+MF_METHODS=${MF_METHODS:-fd,freqd,freqd+filter=quadratic}
+LGN_METHODS=${LGN_METHODS:-fd,freqd}
 PY=${PY:-python3}
 T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
@@ -28,12 +31,14 @@ collect() {  # small files only: metrics, configs, histories, logs, reports
         -size -2M 2>/dev/null) 2>/dev/null)
 }
 
+timeout 40 $PY benchmarks/bench_freqd.py --device $DEVICE --steps 5 --skip-full > $OUT/bench_freqd_$DEVICE.txt 2>&1
+el "bench_freqd (alone on the device) exit $?"
 el "grids start"
-timeout $GRID_TIMEOUT $PY -m freqd bench $DATASET --backbone mf --methods $MF_METHODS --seeds 3 --jobs 11 \
+timeout $GRID_TIMEOUT $PY -m freqd bench $DATASET --backbone mf --methods $MF_METHODS --seeds 3 --jobs $MF_JOBS \
   --device $DEVICE --out $B/mf train.time_limit=$T_STUD teacher.train.time_limit=$T_TEACH \
   > $OUT/bench_mf.log 2>&1 &
 P1=$!
-timeout $GRID_TIMEOUT $PY -m freqd bench $DATASET --backbone lightgcn --methods $LGN_METHODS --seeds 1 --jobs 5 \
+timeout $GRID_TIMEOUT $PY -m freqd bench $DATASET --backbone lightgcn --methods $LGN_METHODS --seeds 1 --jobs $LGN_JOBS \
   --device $DEVICE --out $B/lgn train.time_limit=$T_LGN teacher.train.time_limit=$T_LGN_TEACH \
   > $OUT/bench_lgn.log 2>&1 &
 P2=$!
@@ -60,8 +65,5 @@ for side in user item; do
   timeout 60 $PY -m freqd spectrum --teacher "$T" --student "$FD" --student "$FQ" --side $side \
     --out $B/spectrum-$side >> $OUT/spectrum.log 2>&1; el "spectrum $side exit $?"
 done
-collect
-timeout 30 $PY benchmarks/bench_freqd.py --device $DEVICE --steps 5 > $OUT/bench_freqd_$DEVICE.txt 2>&1
-el "bench_freqd exit $?"
 collect
 ls -la $OUT
