@@ -231,7 +231,8 @@ def same_config(a: dict, b: dict) -> bool:
 
 
 #: train settings that do not change a run's identity (a run may be resumed under new values)
-IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit", "epochs", "checkpoint_interval")
+IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit", "epochs", "checkpoint_interval",
+                 "keep_freed_memory")
 
 
 def extendable(old_cfg: dict, metrics: dict, new_cfg: dict) -> bool:

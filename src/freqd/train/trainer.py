@@ -271,6 +271,10 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.keep_freed_memory and self.device.type == "cpu":
+            from ..utils.memory import keep_freed_memory
+
+            keep_freed_memory()
         if resume and self.out_dir is not None and (self.out_dir / CKPT).exists():
             self.load_checkpoint(self.out_dir / CKPT)
             log.info("resumed from %s at epoch %d", self.out_dir / CKPT, self.epoch)
