@@ -11,6 +11,9 @@ extrapolated from the measured steps, and FreqD step / fd step.
 
     python benchmarks/bench_freqd.py --dataset citeulike-t --steps 5
     python benchmarks/bench_freqd.py --dataset gowalla --steps 3 --teacher-dim 300
+
+``benchmarks/bench_heap.py`` runs this script with ``--heap system`` and ``--heap keep`` in
+separate processes and prints the ratio.
 """
 from __future__ import annotations
 
@@ -34,9 +37,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--filters", default="linear,quadratic")
     ap.add_argument("--skip-full", action="store_true", help="skip the (slow) full-table reference")
+    ap.add_argument("--heap", choices=["keep", "system"], default="keep",
+                    help="keep: freed memory stays in the heap, as in training (train.keep_freed_memory, "
+                         "the default); system: glibc's default (large blocks mapped afresh each time)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.heap == "keep":
+        from freqd.utils.memory import keep_freed_memory
+
+        keep_freed_memory()
     from freqd.data.load import load_dataset
     from freqd.data.sampling import TrainSampler
     from freqd.distill.registry import build_distiller
@@ -93,6 +103,9 @@ def main() -> None:
     print("\n| variant | s/step | s/epoch (x%d steps) |\n|---|---|---|" % n_batches)
     for name, t in rows:
         print(f"| {name} | {t:.4f} | {t * n_batches:.1f} |")
+    import resource
+
+    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB (heap: {a.heap})")
 
 
 if __name__ == "__main__":
