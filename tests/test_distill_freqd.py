@@ -198,16 +198,31 @@ def test_filtered_projection_with_dropout_masks_equals_filtering_the_projection(
     plan = local_filter_plan(hops, d.filt, rows)
     xs, _ = d._node_features("item", plan.cols, None, project=False)
     masks = d.proj_item.sample_masks(plan.cols.numel(), generator=g)
+    xs = xs.detach().requires_grad_(True)
+    w = torch.randn(rows.numel(), d.d_t, generator=g)
     got = d._filtered_projection("item", plan, xs, masks=masks)
-    want = plan.apply(d.proj_item(xs, masks=masks))
+    (got * w).sum().backward()
+    params = [xs] + list(d.proj_item.parameters())
+    g_got = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    # the obvious path: every expert's MLP on every neighbourhood row, then the filter
+    bank = d.proj_item.bank
+    hid = bank.hidden_layer(xs, masks[0]) * masks[1]  # [E, n, h]
+    full = (torch.bmm(hid, bank.w2) + bank.b2.unsqueeze(1)).mean(0)
+    want = plan.apply(full)
+    (want * w).sum().backward()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_got, [p.grad for p in params]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    want = want.detach()
     # and the masks matter (the comparison is not vacuous)
     other = d.proj_item.sample_masks(plan.cols.numel(), generator=g)
     assert not torch.allclose(d._filtered_projection("item", plan, xs, masks=other), want)
 
 
 def test_keep_mask_rate_and_reproducibility():
-    from freqd.distill.freqd import keep_mask
+    from freqd.distill.projectors import keep_mask
 
     torch.manual_seed(0)
     a = keep_mask((4, 1000, 50), 0.8, "cpu")
@@ -217,3 +232,6 @@ def test_keep_mask_rate_and_reproducibility():
     assert torch.equal(a, b)
     assert abs(a.float().mean().item() - 0.8) < 0.005
     assert not torch.equal(a, keep_mask((4, 1000, 50), 0.8, "cpu"))  # the generator advanced
+    torch.manual_seed(0)
+    f = keep_mask((4, 1000, 50), 0.8, "cpu", torch.float32)  # same draw as 0/1 floats
+    assert f.dtype == torch.float32 and torch.equal(f, a.float())

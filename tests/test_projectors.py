@@ -72,6 +72,42 @@ def test_expert_projector_explicit_masks_equal_masked_loop(proj):
     torch.testing.assert_close(sub, fast[rows])
 
 
+def test_training_path_with_masks_equals_masked_loop_in_gradients(proj):
+    """The fused hidden layer (one GEMM into the [N, E*h] layout, ReLU and mask in place,
+    hand-written backward) against nn.Linear experts under the same masks: values and the
+    gradients of the input and of every weight."""
+    x = torch.randn(12, 6, requires_grad=True)
+    m_in, m_hid = proj.sample_masks(12, generator=torch.Generator().manual_seed(4))
+    w = torch.randn(12, 11)
+    (proj(x, masks=(m_in, m_hid)) * w).sum().backward()
+    bank = proj.bank
+    got = [x.grad.clone(), bank.w1.grad.clone(), bank.b1.grad.clone(), bank.w2.grad.clone(), bank.b2.grad.clone()]
+    x.grad = None
+    experts = naive_experts(bank)
+    out = torch.stack([m[4](torch.relu(m[1](x * m_in[e])) * m_hid[e]) for e, m in enumerate(experts)]).mean(0)
+    (out * w).sum().backward()
+    torch.testing.assert_close(got[0], x.grad, rtol=1e-5, atol=1e-6)
+    for e, m in enumerate(experts):
+        torch.testing.assert_close(got[1][e], m[1].weight.grad.T, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[2][e], m[1].bias.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[3][e], m[4].weight.grad.T, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[4][e], m[4].bias.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_hidden_layer_gradcheck():
+    from freqd.distill.projectors import _MaskedHidden
+
+    g = torch.Generator().manual_seed(0)
+    E, N, d, h = 3, 5, 4, 6
+    x = torch.randn(N, d, dtype=torch.float64, generator=g, requires_grad=True)
+    w1 = torch.randn(E, d, h, dtype=torch.float64, generator=g, requires_grad=True)
+    b1 = torch.randn(E, h, dtype=torch.float64, generator=g, requires_grad=True)
+    m_in = (torch.rand(E, N, d, generator=g) < 0.7).double() / 0.7
+    keep = (torch.rand(N, E * h, generator=g) < 0.7).double()
+    assert torch.autograd.gradcheck(lambda *a: _MaskedHidden.apply(*a, m_in, keep), (x, w1, b1))
+    assert torch.autograd.gradcheck(lambda *a: _MaskedHidden.apply(*a, None, keep), (x, w1, b1))
+
+
 def test_sample_masks_values_and_independence(proj):
     m_in, m_hid = proj.sample_masks(4000)
     assert m_in.shape == (4, 4000, 6) and m_hid.shape == (4, 4000, 9)

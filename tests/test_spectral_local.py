@@ -155,8 +155,8 @@ def test_plan_work_is_bounded_by_the_operators(item_ahat):
 
 @pytest.mark.parametrize("name", ["linear", "quadratic", "identity"])
 def test_stacked_apply_equals_one_call_per_block(item_ahat, name):
-    """plan.apply on an [E, n, d] stack (block-diagonal hops) equals E separate calls, in
-    values and in gradients."""
+    """plan.apply on an [E, n, d] stack and on the side-by-side [n, E*d] layout equals E
+    separate calls, in values and in gradients."""
     filt = {"linear": linear(0.5), "quadratic": quadratic(0.4), "identity": linear(0.0)}[name]
     g = torch.Generator().manual_seed(3)
     hops = sample_hops(item_ahat, filt, 0.5, g)
@@ -174,8 +174,9 @@ def test_stacked_apply_equals_one_call_per_block(item_ahat, name):
     (one * W).sum().backward()
     torch.testing.assert_close(stacked, one, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g_stacked, X.grad, rtol=1e-12, atol=1e-12)
-    # E = 1 and the cached plan of E copies give the same again
+    # E = 1 and the side-by-side layout give the same again
     torch.testing.assert_close(plan.apply(X[:1].detach())[0], one[0].detach())
-    assert plan.repeated(E) is plan.repeated(E)
+    flat = plan.apply(X.detach().transpose(0, 1).reshape(-1, E * d))
+    torch.testing.assert_close(flat.view(-1, E, d).transpose(0, 1), one.detach(), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="rows per block"):
         plan.apply(X[:, :-1].detach())

@@ -95,24 +95,6 @@ class FDConfig(FreqDConfig):
         check(self.filter != "custom", "method.filter", "fd has no filter: use --method freqd")
 
 
-def keep_mask(shape, keep: float, device) -> Tensor:
-    """A Bernoulli(``keep``) boolean mask of ``shape``, drawn from torch's global generator
-    (checkpointed by the trainer, so resumed runs draw the same masks).
-
-    On the CPU, torch's generator (MT19937) is the slowest part of a FreqD step (the hidden
-    dropout mask has E x |neighbourhood| x d_T entries); there one 63-bit seed is drawn from
-    torch's generator and the mask from numpy's PCG64 (about 3x faster for float32, and
-    still exactly reproducible from torch's state). Elsewhere torch.rand is used as is."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        import numpy as np
-
-        seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
-        rng = np.random.Generator(np.random.PCG64(seed))
-        return torch.from_numpy(rng.random(tuple(shape), dtype=np.float32) < keep)
-    return torch.rand(tuple(shape), device=device) < keep
-
-
 def _row_loss(zs: Tensor, zt: Tensor, kind: str) -> Tensor:
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(zs, zt, dim=-1, eps=1e-8)).sum()
@@ -137,12 +119,9 @@ class FreqD(Distiller):
                 f"option '--teacher': teacher has {tu.shape[0]} users / {ti.shape[0]} items, "
                 f"the dataset {dataset.n_users} / {dataset.n_items}")
         self.d_t = d_t
-        if cfg.placement == "before":
-            mk = lambda: ExpertProjector(d_s, d_t, cfg.experts, cfg.hidden or d_t, cfg.dropout)  # noqa: E731
-        else:
-            mk = lambda: ExpertProjector(d_s, d_t, cfg.experts, cfg.hidden or d_t, cfg.dropout)  # noqa: E731
-        self.proj_user = mk()
-        self.proj_item = mk()
+        # the same projector d_S -> d_T whether it runs before or after the filter
+        self.proj_user = ExpertProjector(d_s, d_t, cfg.experts, cfg.hidden or d_t, cfg.dropout)
+        self.proj_item = ExpertProjector(d_s, d_t, cfg.experts, cfg.hidden or d_t, cfg.dropout)
         self.ops: Dict[str, object] = {}
         self.laplacians: Dict[str, object] = {}
         self._diag: dict = {}
@@ -249,41 +228,21 @@ class FreqD(Distiller):
 
     def _filtered_projection(self, side: str, plan, x: Tensor, masks=None) -> Tensor:
         """(H P(x))[rows] with P the side's expert projector, computed as
-        (1/E) sum_e (H h_e(x)) W2_e + (H 1) mean_e b2_e, with h_e the experts' hidden layers.
+        scale (H h(x)) W2 + (H 1) mean_e b2_e, with h(x) [n, E*h] the experts' hidden layers
+        after dropout (``ExpertProjector.expert_hidden``: per expert, row and unit, as in its
+        forward) and W2 the experts' output layers stacked [E*h, d_T]: the filter runs once
+        on the [n, E*h] hidden stack, the d_T x d_T layer on the batch rows alone, and the
+        1/keep rescaling and the 1/E mean fold into that last GEMM.
 
-        The projector's dropout is drawn per expert, row and unit as in its forward(): the
-        input mask on the small [E, n, d_S] copies, the hidden mask as a keep-mask on the
-        pre-activations (relu(z) m = relu(z m) for m in {0, 1}); the 1/keep rescaling and the
-        1/E mean are applied after the (linear) filter, on the batch rows only. The [E, n, h]
-        stack of hidden layers is filtered in one block-diagonal pass (``plan.apply`` on a
-        stack), so no expert's block is selected, transposed or copied.
-
-        ``masks``: ``(m_in [E, n, d_S], m_hid [E, n, h])`` in the projector's convention
-        (entries 0 or 1/keep) instead of drawing them (tests compare against
-        ``plan.apply(P(x, masks))``).
+        ``masks``: ``(m_in [E, n, d_S], m_hid [E, n, h])`` as ``sample_masks`` draws them
+        instead of drawing (tests compare against ``plan.apply(P(x, masks))``).
         """
         proj = self.proj_user if side == "user" else self.proj_item
-        bank, p = proj.bank, proj.dropout
-        E = bank.n_experts
-        n = x.shape[0]
-        scale = 1.0 / E
-        if masks is not None:
-            m_in, m_hid = masks
-            pre = torch.baddbmm(bank.b1.unsqueeze(1), x.unsqueeze(0) * m_in, bank.w1)
-            h = torch.relu(pre) * m_hid
-        elif self.training and p > 0:
-            keep = 1.0 - p
-            xe = F.dropout(x.unsqueeze(0).expand(E, n, x.shape[1]), p, training=True)
-            pre = torch.baddbmm(bank.b1.unsqueeze(1), xe, bank.w1)  # [E, n, h]
-            # in place: baddbmm's backward does not need its output, relu's keeps its own
-            h = pre.mul_(keep_mask(pre.shape, keep, pre.device)).relu_()
-            scale = scale / keep
-        else:
-            h = bank.hidden_layer(x)  # [E, n, h]
-        hf = plan.apply(h)  # [E, B, h]
-        out = torch.einsum("ebh,ehd->bd", hf, bank.w2) * scale
-        ones = torch.ones(n, 1, device=x.device, dtype=x.dtype)
-        return out + plan.apply(ones) * bank.b2.mean(0)  # (H 1) b2
+        bank = proj.bank
+        h, scale = proj.expert_hidden(x, masks)
+        ones = torch.ones(x.shape[0], 1, device=x.device, dtype=x.dtype)
+        hb2 = plan.apply(ones) * bank.b2.mean(0)  # (H 1) b2
+        return torch.addmm(hb2, plan.apply(h), bank.w2.reshape(-1, bank.d_out), alpha=scale)
 
     def _project_rows(self, side: str, rows: Tensor, z: Tensor) -> Tensor:
         if self.cfg.graph != "bipartite":

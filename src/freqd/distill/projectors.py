@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "OrthogonalProjector",
     "annealed_temperature",
     "gumbel_softmax_weights",
+    "keep_mask",
 ]
 
 
@@ -40,6 +40,70 @@ def _uniform_(t: Tensor, fan_in: int) -> Tensor:
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     with torch.no_grad():
         return t.uniform_(-bound, bound)
+
+
+class _MaskedHidden(torch.autograd.Function):
+    """``h = ReLU(x_e W1_e + b1_e) * m`` for all experts e, written straight into the
+    [N, E*h] layout, with ``m`` a 0/1 mask.
+
+    Forward: one batched GEMM into a strided view of the output, ReLU and mask in place.
+    Backward: ``dL/dpre = g * sign(h)`` (h >= 0, and h > 0 exactly where the pre-activation
+    is positive and the unit kept), then the two GEMMs of the linear layer. Only ``h`` (the
+    output, alive anyway) and the small ``x_e`` copies are saved."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, mask_in, keep_hid):
+        E, d_in, H = w1.shape
+        N = x.shape[0]
+        xe = x.unsqueeze(0) * mask_in if mask_in is not None else x.unsqueeze(0).expand(E, N, d_in)
+        out = torch.empty(N, E, H, device=x.device, dtype=x.dtype)
+        torch.baddbmm(b1.unsqueeze(1), xe, w1, out=out.permute(1, 0, 2))
+        h = out.view(N, E * H).relu_()
+        if keep_hid is not None:
+            h.mul_(keep_hid)
+        ctx.save_for_backward(xe, w1, mask_in, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        xe, w1, mask_in, h = ctx.saved_tensors
+        E, _, H = w1.shape
+        N = h.shape[0]
+        gp = (g * torch.sign(h)).view(N, E, H).permute(1, 0, 2)  # [E, N, H], strided
+        gx = gw1 = gb1 = None
+        if ctx.needs_input_grad[1]:
+            gw1 = torch.bmm(xe.transpose(1, 2), gp)
+        if ctx.needs_input_grad[2]:
+            gb1 = gp.sum(1)
+        if ctx.needs_input_grad[0]:
+            gxe = torch.bmm(gp, w1.transpose(1, 2))
+            gx = (gxe * mask_in).sum(0) if mask_in is not None else gxe.sum(0)
+        return gx, gw1, gb1, None, None
+
+
+def keep_mask(shape, keep: float, device, dtype: torch.dtype = torch.bool) -> Tensor:
+    """A Bernoulli(``keep``) mask of ``shape`` (bool, or 0/1 values of a floating ``dtype``),
+    drawn from torch's global generator (checkpointed by the trainer, so resumed runs draw
+    the same masks).
+
+    On the CPU, torch's generator (MT19937) is the slowest part of a FreqD step (the hidden
+    dropout mask has |neighbourhood| x E x h entries); there one 63-bit seed is drawn from
+    torch's generator and the mask from numpy's PCG64 (about 3x faster for float32, and
+    still exactly reproducible from torch's state), compared in place. Elsewhere
+    torch.rand is used as is."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        import numpy as np
+
+        seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
+        rng = np.random.Generator(np.random.PCG64(seed))
+        u = rng.random(tuple(shape), dtype=np.float32)
+        if dtype == torch.bool:
+            return torch.from_numpy(u < keep)
+        np.less(u, np.float32(keep), out=u, casting="unsafe")  # 1.0 / 0.0 in place
+        return torch.from_numpy(u).to(dtype)
+    m = torch.rand(tuple(shape), device=device) < keep
+    return m if dtype == torch.bool else m.to(dtype)
 
 
 class ExpertBank(nn.Module):
@@ -75,6 +139,27 @@ class ExpertBank(nn.Module):
             xe = x.unsqueeze(0) * mask_in
             pre = torch.baddbmm(self.b1.unsqueeze(1), xe, self.w1)
         return torch.relu(pre)
+
+    def hidden_flat(self, x: Tensor, mask_in: Tensor | None = None, keep_hid: Tensor | None = None) -> Tensor:
+        """``ReLU(x_e W1_e + b1_e) * keep_hid`` for every expert, laid out [N, E*h] (expert
+        e in columns e*h..(e+1)*h-1), the layout :meth:`combine_flat` multiplies without a
+        copy. ``mask_in`` [E, N, d_in]: per-expert input masks (any values, e.g. 0 or
+        1/keep); ``keep_hid`` [N, E*h]: a 0/1 hidden-dropout mask (the 1/keep rescaling is
+        left to the caller, see :meth:`ExpertProjector.expert_hidden`). Equals
+        ``(hidden_layer(x, mask_in) * keep_hid[E-major view])`` in values and gradients
+        (tests/test_projectors.py), with one fused pass each way instead of separate ReLU,
+        mask and transpose passes over the [N, E*h] stack."""
+        E, H = self.n_experts, self.hidden
+        if mask_in is None and keep_hid is None:
+            w = self.w1.permute(1, 0, 2).reshape(self.d_in, E * H)
+            return torch.relu(torch.addmm(self.b1.reshape(-1), x, w))
+        return _MaskedHidden.apply(x, self.w1, self.b1, mask_in, keep_hid)
+
+    def combine_flat(self, h: Tensor, scale: float) -> Tensor:
+        """``scale * sum_e h_e W2_e + mean_e b2_e`` for ``h`` [N, E*h] from :meth:`hidden_flat`
+        (``scale`` = 1/E for the plain mean, 1/(E keep) after hidden dropout): one GEMM."""
+        w2 = self.w2.reshape(self.n_experts * self.hidden, self.d_out)
+        return torch.addmm(self.b2.mean(0), h, w2, alpha=scale)
 
     def combine(self, h: Tensor, weights: Tensor | None = None) -> Tensor:
         """``sum_e c[n, e] (h[e, n] @ W2_e + b2_e)`` as one contraction: [N, d_out].
@@ -128,22 +213,31 @@ class ExpertProjector(nn.Module):
         m_hid.bernoulli_(keep, generator=generator).div_(keep)
         return m_in, m_hid
 
+    def expert_hidden(self, x: Tensor, masks: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, float]:
+        """The experts' hidden layers ``h`` [N, E*h] after dropout and the factor ``scale``
+        with ``forward(x) = bank.combine_flat(h, scale)`` (1/E, or 1/(E keep) when units were
+        dropped: the inverted-dropout rescaling is folded into the last GEMM).
+
+        ``masks``: ``(m_in [E, N, d_in], m_hid [E, N, h])`` as :meth:`sample_masks` draws
+        them (entries 0 or 1/keep), applied whatever the train/eval mode; otherwise the
+        module's own dropout in training mode (input masks from torch's generator, the
+        hidden mask from :func:`keep_mask`)."""
+        E, N, p = self.n_experts, x.shape[0], self.dropout
+        if masks is None and not (self.training and p > 0):
+            return self.bank.hidden_flat(x), 1.0 / E
+        keep = 1.0 - p
+        if masks is not None:
+            m_in, m_hid = masks
+            keep_hid = (m_hid != 0).to(x.dtype).transpose(0, 1).reshape(N, E * self.hidden)
+        else:
+            m_in = torch.empty(E, N, self.d_in, device=x.device, dtype=x.dtype).bernoulli_(keep).div_(keep)
+            keep_hid = keep_mask((N, E * self.hidden), keep, x.device, x.dtype)
+        return self.bank.hidden_flat(x, m_in, keep_hid), 1.0 / (E * keep)
+
     def forward(self, x: Tensor, masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Project ``x`` [N, d_in] to [N, d_out]. ``masks`` overrides the module's own
         dropout (applied whatever the train/eval mode)."""
-        p = self.dropout
-        if masks is not None:
-            m_in, m_hid = masks
-            h = self.bank.hidden_layer(x, m_in) * m_hid
-        elif self.training and p > 0:
-            E, N = self.n_experts, x.shape[0]
-            # F.dropout on the expanded [E, N, d_in] draws an independent mask per expert
-            xe = F.dropout(x.unsqueeze(0).expand(E, N, self.d_in), p, training=True)
-            h = torch.relu(torch.baddbmm(self.bank.b1.unsqueeze(1), xe, self.bank.w1))
-            h = F.dropout(h, p, training=True)
-        else:
-            h = self.bank.hidden_layer(x)
-        return self.bank.combine(h)
+        return self.bank.combine_flat(*self.expert_hidden(x, masks))
 
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, d_out={self.d_out}, n_experts={self.n_experts}, "

@@ -25,7 +25,9 @@ Going backwards from the output rows T = unique(B), Y_{m-i} is needed on the nes
 R_0 = T, R_i = R_{i-1} ∪ N_{O_{m-i+1}}(R_{i-1}) (neighbours under that hop's operator), and
 the factor's input X_in on R_m, which is the output set of the previous factor. Each hop
 then becomes one sparse product with the row block O_t[R_{m-t}, R_{m-t+1}] (rows gathered
-from the CSR operator with ``repeat_interleave``; columns mapped by ``searchsorted``), so
+from the CSR operator with ``repeat_interleave``; columns mapped by ``searchsorted``); the
+first hop of a factor carries c_m and the c_{m-1} X_in term in its operator
+(c_m O_1 + c_{m-1} S, S selecting R_{m-1} from R_m), so a linear filter is one product. So
 the cost of a hop is bounded by the edges leaving its row set, never by a fill-in product
 (H[B, :] built explicitly gets nearly dense from k = 3 on; this never forms it).
 """
@@ -101,7 +103,7 @@ class _Hop:
 
 @dataclass
 class _Factor:
-    top: float  # c_m, applied to the factor's input before the first hop
+    top: float  # c_m for a factor without hops; else 1 (c_m is folded into the first hop)
     hops: list[_Hop]
     n_in: int  # size of the factor's input set
     n_out: int  # size of its output set
@@ -136,11 +138,12 @@ class LocalFilterPlan:
     def apply(self, X_cols: Tensor) -> Tensor:
         """(H X)[rows] from ``X_cols = X[cols]`` (``[len(cols), d]``); autograd flows to X_cols.
 
-        A stack ``[E, len(cols), d]`` of E feature blocks (e.g. the hidden layers of E
-        projector experts) is filtered in one pass, block by block, as if through E separate
-        calls: the hop operators become block-diagonal (E copies), so each hop is one sparse
-        product on the ``[E * n, d]`` view and nothing is transposed or copied per block.
-        Returns ``[E, len(rows), d]`` then.
+        The filter acts on rows, so the columns of ``X_cols`` may hold several feature blocks
+        side by side (e.g. the hidden layers of E projector experts, ``[len(cols), E*h]``):
+        one sparse product per hop filters them all. A stack ``[E, len(cols), d]`` is
+        accepted too and filtered block by block as if through E separate calls (it is
+        transposed to that side-by-side layout and back: pass ``[len(cols), E*d]`` directly
+        to save the two copies). Returns ``[E, len(rows), d]`` then.
         """
         if X_cols.dim() == 3:
             E, n, d = X_cols.shape
@@ -149,10 +152,8 @@ class LocalFilterPlan:
                     f"X_cols has {n} rows per block, the plan needs {self.cols.numel()} "
                     "(one per entry of plan.cols)"
                 )
-            if E == 1:
-                return self.apply(X_cols[0]).unsqueeze(0)
-            out = self.repeated(E).apply(X_cols.reshape(E * n, d))
-            return out.view(E, self.rows.numel(), d)
+            out = self.apply(X_cols.transpose(0, 1).reshape(n, E * d))
+            return out.view(-1, E, d).transpose(0, 1)
         if X_cols.shape[0] != self.cols.numel():
             raise ValueError(
                 f"X_cols has {X_cols.shape[0]} rows, the plan needs {self.cols.numel()} "
@@ -168,39 +169,6 @@ class LocalFilterPlan:
                     y = y + x_in[h.x_pos.to(x_in.device)] * h.coef
             z = y
         return z[self.out_index.to(z.device)]
-
-    def repeated(self, E: int) -> LocalFilterPlan:
-        """The plan of E independent copies of this one, stacked: block-diagonal hop
-        operators, ``cols``/``rows`` repeated with block offsets (cached per E)."""
-        cache = self.__dict__.setdefault("_repeated", {})
-        if E in cache:
-            return cache[E]
-        factors = []
-        for f in self.factors:
-            hops = []
-            for h in f.hops:
-                op = h.op.coalesce()
-                r_n, c_n = op.shape
-                idx, vals = op.indices(), op.values()
-                off = torch.arange(E, device=idx.device).repeat_interleave(idx.shape[1])
-                bidx = idx.repeat(1, E) + off.unsqueeze(0) * torch.tensor(
-                    [[r_n], [c_n]], device=idx.device)
-                bop = torch.sparse_coo_tensor(bidx, vals.repeat(E), (E * r_n, E * c_n),
-                                              is_coalesced=True, check_invariants=False)
-                x_pos = None
-                if h.x_pos is not None:
-                    x_pos = (h.x_pos.unsqueeze(0)
-                             + f.n_in * torch.arange(E, device=h.x_pos.device).unsqueeze(1)).reshape(-1)
-                hops.append(_Hop(bop, h.coef, x_pos))
-            factors.append(_Factor(f.top, hops, E * f.n_in, E * f.n_out))
-        n_out = self.factors[-1].n_out if self.factors else self.cols.numel()
-        out_index = (self.out_index.unsqueeze(0)
-                     + n_out * torch.arange(E, device=self.out_index.device).unsqueeze(1)).reshape(-1)
-        rows = self.rows.repeat(E)
-        cols = self.cols.repeat(E)
-        plan = LocalFilterPlan(rows, cols, factors, out_index)
-        cache[E] = plan
-        return plan
 
     def apply_full(self, X: Tensor) -> Tensor:
         """Same as ``apply(X[cols])`` for a full table ``X``."""
@@ -253,16 +221,27 @@ def local_filter_plan(ops: Any, filt: PolyFilter, rows: Any) -> LocalFilterPlan:
             out_set, in_set = sets[m - t], sets[m - t + 1]
             r_loc, c_glob, vals = blocks[m - t]
             c_loc = torch.searchsorted(in_set, c_glob)
+            coef = f[m - t]
+            if t == 1:
+                # Y_1 = O_1 (c_m X_in) + c_{m-1} X_in[R_{m-1}] = (c_m O_1 + c_{m-1} S) X_in with
+                # S the selection of R_{m-1} from R_m: one product, no scaled copy of X_in
+                # and no gather/scatter of it (forward or backward)
+                vals = vals * f[m]
+                if coef != 0.0:
+                    r_loc = torch.cat([r_loc, torch.arange(out_set.numel(), device=r_loc.device)])
+                    c_loc = torch.cat([c_loc, torch.searchsorted(in_set, out_set)])
+                    vals = torch.cat([vals, torch.full((out_set.numel(),), coef, dtype=vals.dtype,
+                                                       device=vals.device)])
+                coef = 0.0
             with warnings.catch_warnings():  # "invariant checks are implicitly disabled": built valid
                 warnings.simplefilter("ignore", UserWarning)
                 sub = torch.sparse_coo_tensor(
                     torch.stack([r_loc, c_loc]), vals, (out_set.numel(), in_set.numel()),
                     check_invariants=False,
                 ).coalesce()
-            coef = f[m - t]
             x_pos = torch.searchsorted(big, out_set) if coef != 0.0 else None
             fhops.append(_Hop(sub, coef, x_pos))
-        planned.append(_Factor(f[m], fhops, big.numel(), cur.numel()))
+        planned.append(_Factor(f[m] if m == 0 else 1.0, fhops, big.numel(), cur.numel()))
         cur = big
     planned.reverse()
     return LocalFilterPlan(rows_t, cur, planned, out_index)
