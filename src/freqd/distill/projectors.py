@@ -88,20 +88,24 @@ def keep_mask(shape, keep: float, device, dtype: torch.dtype = torch.bool) -> Te
 
     On the CPU, torch's generator (MT19937) is the slowest part of a FreqD step (the hidden
     dropout mask has |neighbourhood| x E x h entries); there one 63-bit seed is drawn from
-    torch's generator and the mask from numpy's PCG64 (about 3x faster for float32, and
-    still exactly reproducible from torch's state), compared in place. Elsewhere
+    torch's generator and the mask from numpy's PCG64 raw 32-bit words (about 4x faster
+    than torch.rand, and still exactly reproducible from torch's state). Elsewhere
     torch.rand is used as is."""
     device = torch.device(device)
     if device.type == "cpu":
         import numpy as np
 
         seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
-        rng = np.random.Generator(np.random.PCG64(seed))
-        u = rng.random(tuple(shape), dtype=np.float32)
+        n = math.prod(shape)
+        # uniform 32-bit words, two per raw 64-bit draw, against keep * 2^32 (resolution
+        # 2^-32, finer than a float32 uniform's 2^-24; no float conversion)
+        words = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+        thr = np.uint32(min(int(keep * 2.0**32), 2**32 - 1))
         if dtype == torch.bool:
-            return torch.from_numpy(u < keep)
-        np.less(u, np.float32(keep), out=u, casting="unsafe")  # 1.0 / 0.0 in place
-        return torch.from_numpy(u).to(dtype)
+            return torch.from_numpy((words < thr).reshape(tuple(shape)))
+        out = np.empty(n, dtype=np.float32)
+        np.less(words, thr, out=out, casting="unsafe")  # 1.0 / 0.0
+        return torch.from_numpy(out.reshape(tuple(shape))).to(dtype)
     m = torch.rand(tuple(shape), device=device) < keep
     return m if dtype == torch.bool else m.to(dtype)
 
