@@ -5,7 +5,8 @@ d = 300, batch 2048, Adam, lr 1e-3, weight decay 1e-4) for ``--steps`` timed ste
 :class:`freqd.train.trainer.Trainer` (sampler shards, ``Trainer.step``, the gradient
 all-reduce), and prints interactions/s (global batch triples per second) per setting,
 the scaling ratio, and where the time of a step goes (sampling, forward/backward +
-optimizer, gradient all-reduce).
+optimizer; DDP's dense all-reduce runs inside the backward pass, the sparse all-gather is
+timed on its own).
 
 Settings (each in a fresh subprocess; peak RSS per process from ``ru_maxrss``):
 
@@ -77,15 +78,15 @@ def worker(a: argparse.Namespace) -> None:
         weight = distiller.cfg.weight
     tr = Trainer(model, ds, tcfg, distiller=distiller, kd_weight=weight)
     comm = [0.0]
-    if tr._reducer is not None:  # time the gradient exchange separately
-        reducer = tr._reducer
+    if tr._sparse_reducer is not None:  # time the sparse gradient exchange separately
+        reducer = tr._sparse_reducer
 
         def timed() -> None:
             t = time.perf_counter()
             reducer()
             comm[0] += time.perf_counter() - t
 
-        tr._reducer = timed
+        tr._sparse_reducer = timed
 
     def batches():
         while True:
@@ -117,7 +118,8 @@ def worker(a: argparse.Namespace) -> None:
         "ms_per_step": 1e3 * max(walls) / a.steps,
         "ms_sample": 1e3 * t_sample / a.steps,
         "ms_compute": 1e3 * (t_step - comm[0]) / a.steps,
-        "ms_allreduce": 1e3 * comm[0] / a.steps,
+        "ms_allreduce": 1e3 * comm[0] / a.steps,  # sparse all-gather; DDP's all-reduce is inside backward
+        "ddp": tr._forward is not tr.objective,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(tr.device),
     }
@@ -196,7 +198,9 @@ def main() -> None:
             print(f"  {'sparse' if sparse else 'dense '} {procs}p x {threads}t, batch {r['batch_size']}: "
                   f"{r['interactions_per_s']:>9,.0f} "
                   f"interactions/s  {r['ms_per_step']:7.1f} ms/step (sample {r['ms_sample']:.1f}, "
-                  f"compute+optimizer {r['ms_compute']:.1f}, all-reduce {r['ms_allreduce']:.1f}); "
+                  f"compute+optimizer {r['ms_compute']:.1f}"
+                  + (", DDP all-reduce overlapped in backward" if r.get("ddp") else "")
+                  + (f", sparse all-gather {r['ms_allreduce']:.1f}" if r["sparse"] and procs > 1 else "") + "); "
                   f"~{r['seconds_per_epoch_est']:.0f} s/epoch ({r['steps_per_epoch']} steps); "
                   f"peak RSS {'/'.join(f'{x:.0f}' for x in r['peak_rss_mb_per_process'])} MB"
                   + (f", peak GPU {r['peak_gpu_mb']:.0f} MB ({r['gpu']})" if "gpu" in r else ""), flush=True)

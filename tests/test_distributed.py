@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from freqd.data.sampling import TrainSampler
-from freqd.train.distributed import DistContext, GradientReducer, context, rank_seed
+from freqd.train.distributed import DistContext, SparseGradientReducer, context, rank_seed, wrap_ddp
 
 COMMON = ["--no-progress", "train.lr=0.01", "train.weight_decay=0.01", "train.threads=1"]
 
@@ -68,8 +68,10 @@ def test_single_process_context_is_a_no_op():
     assert DistContext(rank=1, world_size=2, local_rank=1).device("cuda:0") == torch.device("cuda:1")
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.full((3,), 2.0)
-    GradientReducer(ctx, [p])()  # world size 1: untouched
+    SparseGradientReducer(ctx, [p])()  # world size 1: untouched
     assert torch.equal(p.grad, torch.full((3,), 2.0))
+    m = torch.nn.Linear(2, 2)
+    assert wrap_ddp(m, ctx, torch.device("cpu")) is m  # world size 1: not wrapped
 
 
 # -- two processes -----------------------------------------------------------------------------
@@ -180,6 +182,9 @@ def test_only_rank_zero_writes(runs):
     # console: rank 1's INFO records are filtered (each run's header line appears once)
     assert proc.stderr.count(f"{root / 'ddp'}\n") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("data parallel: 2 processes (gloo)") == 6, proc.stderr[-3000:]  # 6 runs
+    # dense gradients through DDP's hooks; the sparse-only MF run has nothing for DDP
+    assert proc.stderr.count("gradients: DistributedDataParallel\n") == 5, proc.stderr[-3000:]
+    assert proc.stderr.count("gradients: sparse all-gather\n") == 1, proc.stderr[-3000:]
     assert "rank 1" not in log
     assert sorted(p.name for p in (root / "ddp").iterdir() if not p.name.startswith(".")) == \
         ["best.pt", "checkpoint.pt", "config.yaml", "history.csv", "metrics.json", "train.log"]

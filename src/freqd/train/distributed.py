@@ -18,16 +18,19 @@ How a step is parallelised (see docs/SCALING.md):
   ``world_size``) and keeps its contiguous slice of each global batch of ``batch_size``
   triples. The union of the ranks' slices is exactly the one-process batch, negatives
   included.
-* Gradients: the trainer calls ``model.propagate()``, ``model.loss()`` and
-  ``distiller.loss()``, never ``forward()``, so ``DistributedDataParallel``'s autograd hooks
-  would not fire. Instead :class:`GradientReducer` all-reduces the gradients after
-  ``backward()``, in flattened buckets, with **SUM**: every loss in freqd is a sum over the
-  batch (the authors' reduction), so the sum of the ranks' gradients is the gradient of the
-  one-process global batch (up to float summation order). Weight decay is added by the
-  optimizer after the reduction, on parameters that are identical on every rank.
-  Sparse embedding gradients (``model.sparse_grad`` + ``sparse_adam``) are exchanged as
-  (row, value) lists with ``all_gather``. The frozen teacher and FreqD's graphs are not
-  parameters of the optimised modules: they are built once per rank and never reduced.
+* Gradients: the trainer's objective (the student's loss + lambda x the distiller's
+  loss) is one module, :class:`freqd.train.trainer._Objective`, wrapped in
+  ``DistributedDataParallel`` by :func:`wrap_ddp`: DDP's hooks all-reduce the dense
+  gradients in buckets *during* ``backward()`` (communication overlaps the rest of the
+  backward pass), with a **SUM** communication hook instead of DDP's mean: every loss in
+  freqd is a sum over the batch (the authors' reduction), so the sum of the ranks'
+  gradients is the gradient of the one-process global batch (up to float summation
+  order). Weight decay is added by the optimizer after the reduction, on parameters that
+  are identical on every rank. Sparse embedding gradients (``model.sparse_grad`` +
+  ``sparse_adam``) are left out of DDP and exchanged after ``backward()`` as (row, value)
+  lists with ``all_gather`` (:class:`SparseGradientReducer`; works with nccl, where DDP has
+  no sparse all-reduce). The frozen teacher lives outside the wrapped module tree and
+  FreqD's graphs are built per rank: neither is broadcast nor reduced.
 * Randomness: the sampler's generator is the same on every rank. torch/numpy/python global
   generators (dropout, FreqD edge dropout, random entities) are seeded per rank with
   :func:`rank_seed` (rank 0 keeps ``seed``, so rank 0 draws what a one-process run draws).
@@ -52,13 +55,9 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["DistContext", "GradientReducer", "context", "init_from_env", "rank_seed", "shutdown"]
+__all__ = ["DistContext", "SparseGradientReducer", "context", "init_from_env", "rank_seed", "shutdown", "wrap_ddp"]
 
 log = logging.getLogger("freqd")
-
-#: default bytes per all-reduce bucket (one flattened buffer per bucket)
-BUCKET_BYTES = 256 * 2**20
-
 
 def rank_seed(seed: int, rank: int) -> int:
     """Seed of rank ``rank``'s global RNGs: ``seed`` itself on rank 0 (so rank 0 of an
@@ -258,73 +257,53 @@ def shutdown() -> None:
     _CONTEXT = None
 
 
-class GradientReducer:
-    """Sum the gradients of ``params`` over the ranks after ``backward()``.
+def _allreduce_sum_hook(state, bucket):
+    """DDP communication hook: the bucket's gradients summed over the ranks (DDP's default
+    hook divides by the world size; freqd's losses are sums, so the sum is the one-process
+    gradient of the global batch)."""
+    import torch.distributed as dist
 
-    Dense gradients are copied into flattened buckets of at most ``bucket_bytes`` (one
-    ``all_reduce`` each; buffers reused across steps) and copied back. A parameter without
-    a gradient on this rank (not used by its slice of the batch) contributes zeros.
-    Parameters listed in ``sparse`` get sparse (COO) gradients: their rows and values are
-    ``all_gather``-ed and summed, so the result stays sparse for ``SparseAdam``.
-    """
+    fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
 
-    def __init__(self, ctx: DistContext, params: Sequence[torch.Tensor],
-                 sparse: Sequence[torch.Tensor] = (), bucket_bytes: int = BUCKET_BYTES):
+
+def wrap_ddp(module: torch.nn.Module, ctx: DistContext, device: torch.device,
+             skip: Sequence[torch.Tensor] = ()) -> torch.nn.Module:
+    """``module`` in ``DistributedDataParallel`` with summed gradients (world size 1, or no
+    dense trainable parameter: ``module`` itself). Parameters in ``skip`` (sparse embedding tables) and all buffers are
+    left out of DDP's broadcasts and reductions. ``find_unused_parameters``: a rank's slice of
+    a batch may leave a distiller's part unused (it then contributes zeros)."""
+    if not ctx.active:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    skip_ids = {id(p) for p in skip}
+    if not any(p.requires_grad and id(p) not in skip_ids for p in module.parameters()):
+        return module  # nothing dense to reduce (e.g. sparse MF alone)
+    ignore = [n for n, p in module.named_parameters() if id(p) in skip_ids]
+    ignore += [n for n, _ in module.named_buffers()]
+    if ignore:
+        DDP._set_params_and_buffers_to_ignore_for_model(module, ignore)
+    ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+              broadcast_buffers=False, find_unused_parameters=True)
+    ddp.register_comm_hook(None, _allreduce_sum_hook)
+    return ddp
+
+
+class SparseGradientReducer:
+    """Sum the sparse (COO) gradients of ``params`` over the ranks after ``backward()``: their
+    rows and values are ``all_gather``-ed and summed, so the result stays sparse for
+    ``SparseAdam``. A parameter without a gradient on this rank contributes nothing."""
+
+    def __init__(self, ctx: DistContext, params: Sequence[torch.Tensor]):
         self.ctx = ctx
-        sparse_ids = {id(p) for p in sparse}
-        seen: set = set()
-        self.dense: list[torch.Tensor] = []
-        self.sparse: list[torch.Tensor] = []
-        for p in params:
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (self.sparse if id(p) in sparse_ids else self.dense).append(p)
-        self.buckets: list[list[torch.Tensor]] = []
-        cur: list[torch.Tensor] = []
-        size = 0
-        for p in self.dense:
-            nbytes = p.numel() * p.element_size()
-            if cur and (size + nbytes > bucket_bytes or p.dtype != cur[0].dtype or p.device != cur[0].device):
-                self.buckets.append(cur)
-                cur, size = [], 0
-            cur.append(p)
-            size += nbytes
-        if cur:
-            self.buckets.append(cur)
-        self._flat: list[torch.Tensor | None] = [None] * len(self.buckets)
+        self.params = [p for p in dict.fromkeys(params) if p.requires_grad]
 
     def __call__(self) -> None:
         if not self.ctx.active:
             return
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for b, bucket in enumerate(self.buckets):
-                n = sum(p.numel() for p in bucket)
-                flat = self._flat[b]
-                if flat is None or flat.numel() != n:
-                    flat = self._flat[b] = torch.empty(n, dtype=bucket[0].dtype, device=bucket[0].device)
-                off = 0
-                for p in bucket:
-                    k = p.numel()
-                    if p.grad is None:
-                        flat[off:off + k].zero_()
-                    else:
-                        flat[off:off + k].copy_(p.grad.reshape(-1))
-                    off += k
-                dist.all_reduce(flat)
-                off = 0
-                for p in bucket:
-                    k = p.numel()
-                    view = flat[off:off + k].view_as(p)
-                    if p.grad is None:
-                        p.grad = view.clone()
-                    else:
-                        p.grad.copy_(view)
-                    off += k
-            for p in self.sparse:
-                p.grad = self._sum_sparse(p)
+        for p in self.params:
+            p.grad = self._sum_sparse(p)
 
     def _sum_sparse(self, p: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

@@ -29,7 +29,7 @@ from ..errors import CheckpointError, FreqdError
 from ..models.base import Recommender
 from ..utils.atomic import torch_save, write_json, write_text
 from .config import TrainConfig
-from .distributed import GradientReducer, rank_seed
+from .distributed import SparseGradientReducer, rank_seed, wrap_ddp
 from .distributed import context as dist_context
 
 log = logging.getLogger("freqd")
@@ -66,6 +66,33 @@ class History:
         return "\n".join(lines) + "\n"
 
 
+class _Objective(torch.nn.Module):
+    """One training step's loss: the model's own loss + ``kd_weight`` x the distiller's.
+
+    A module so that DistributedDataParallel can wrap it (its gradient hooks are armed by
+    ``forward()``). The model and the distiller are its submodules; the frozen teacher is
+    not (it lives outside the distiller's module tree)."""
+
+    def __init__(self, model: Recommender, distiller, kd_weight: float):
+        super().__init__()
+        self.model = model
+        self.distiller = distiller
+        self.kd_weight = float(kd_weight)
+
+    def forward(self, batch: Dict[str, torch.Tensor]):
+        reps = self.model.propagate()
+        out = self.model.loss(batch, reps)
+        total = out["loss"]
+        parts = {k: v.detach().float().reshape(()) for k, v in out.items() if k != "loss"}
+        if self.distiller is not None:
+            kd = self.distiller.loss(batch, reps)
+            total = total + self.kd_weight * kd["loss"]
+            parts["kd"] = kd["loss"].detach().float().reshape(())
+            parts.update({f"kd_{k}": v.detach().float() for k, v in kd.items()
+                          if k != "loss" and torch.is_tensor(v) and v.dim() == 0})
+        return total, parts
+
+
 class Trainer:
     """Fit ``model`` on ``dataset`` (optionally with a ``distiller``), writing to ``out_dir``."""
 
@@ -84,6 +111,10 @@ class Trainer:
         self.dataset = dataset
         self.dist = dist_context()  # world size 1 unless launched by torchrun (distributed.py)
         self.device = self.dist.device(resolve_device(cfg.device))
+        if cfg.keep_freed_memory and self.device.type == "cpu":
+            from ..utils.memory import keep_freed_memory
+
+            keep_freed_memory()
         self.model = model.to(self.device)
         self.distiller = distiller
         self.kd_weight = float(kd_weight)
@@ -108,14 +139,25 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.sampler = TrainSampler(dataset.train, batch_size=cfg.batch_size, n_neg=model.n_neg, generator=self.gen,
                                     rank=self.dist.rank, world_size=self.dist.world_size)
-        self._reducer: GradientReducer | None = None
+        # the objective (student loss + kd_weight x KD loss) as one module: under torchrun it is
+        # wrapped in DistributedDataParallel, whose hooks sum the dense gradients over the
+        # ranks during backward(); sparse embedding gradients are summed after it
+        self.objective = _Objective(self.model, distiller, self.kd_weight)
+        self._forward: Callable = self.objective
+        self._sparse_reducer: SparseGradientReducer | None = None
+        self._params = [p for p in dict.fromkeys(params) if p.requires_grad]
         self._peer_rng: list | None = None  # every rank's RNG states, gathered at evaluations
-        if self.dist.active:  # replicas start equal; gradients are summed over ranks after backward
-            self.dist.broadcast_parameters(params)
+        if self.dist.active:  # replicas start equal
+            self.dist.broadcast_parameters(self._params)
             sparse = list(self.model.parameters()) if getattr(self.model, "sparse_grad", False) else []
-            self._reducer = GradientReducer(self.dist, params, sparse=sparse)
-            log.info("data parallel: %d processes (%s), global batch %d (%s per rank)", self.dist.world_size,
-                     self.dist.backend, cfg.batch_size, f"~{cfg.batch_size // self.dist.world_size}")
+            self._forward = wrap_ddp(self.objective, self.dist, self.device, skip=sparse)
+            if sparse:
+                self._sparse_reducer = SparseGradientReducer(self.dist, sparse)
+            how = ", ".join(x for x in ("DistributedDataParallel" if self._forward is not self.objective else "",
+                                         "sparse all-gather" if sparse else "") if x)
+            log.info("data parallel: %d processes (%s), global batch %d (%s per rank); gradients: %s",
+                     self.dist.world_size, self.dist.backend, cfg.batch_size,
+                     f"~{cfg.batch_size // self.dist.world_size}", how)
         self.epoch = 0
         self.best: Optional[dict] = None  # {"epoch", "valid"}
         self.bad_evals = 0
@@ -271,10 +313,6 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if cfg.keep_freed_memory and self.device.type == "cpu":
-            from ..utils.memory import keep_freed_memory
-
-            keep_freed_memory()
         if resume and self.out_dir is not None and (self.out_dir / CKPT).exists():
             self.load_checkpoint(self.out_dir / CKPT)
             log.info("resumed from %s at epoch %d", self.out_dir / CKPT, self.epoch)
@@ -317,7 +355,7 @@ class Trainer:
                 raise FreqdError(f"training diverged at epoch {epoch}: loss is {row['loss']} (lower train.lr or the method weight)")
             evaluate_now = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
             if evaluate_now and self.dist.active:
-                if not self.dist.replicas_agree(self._reducer.dense + self._reducer.sparse):
+                if not self.dist.replicas_agree(self._params):
                     raise FreqdError(f"distributed: the replicas' parameters differ at epoch {epoch}")
                 self._peer_rng = self.dist.gather_objects(self._rank_rng())
             if evaluate_now and self.dist.is_main:  # rank 0 evaluates, checkpoints and logs
@@ -359,19 +397,11 @@ class Trainer:
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """One optimisation step; returns the loss parts as detached 0-dim tensors (on the
         model's device: no host synchronisation per step)."""
-        reps = self.model.propagate()
-        out = self.model.loss(batch, reps)
-        total = out["loss"]
-        parts = {k: v.detach().float().reshape(()) for k, v in out.items() if k != "loss"}
-        if self.distiller is not None:
-            kd = self.distiller.loss(batch, reps)
-            total = total + self.kd_weight * kd["loss"]
-            parts["kd"] = kd["loss"].detach().float().reshape(())
-            parts.update({f"kd_{k}": v.detach().float() for k, v in kd.items() if k != "loss" and torch.is_tensor(v) and v.dim() == 0})
+        total, parts = self._forward(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if self._reducer is not None:
-            self._reducer()
+        if self._sparse_reducer is not None:
+            self._sparse_reducer()
         self.optimizer.step()
         parts["loss"] = total.detach().float().reshape(())
         return parts
