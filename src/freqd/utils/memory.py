@@ -3,14 +3,15 @@
 glibc's malloc serves every block above its mmap threshold (32 MiB at most) with a fresh
 ``mmap`` and gives it back to the system on ``free``. A training step allocates and frees
 the same large tensors over and over (FreqD's expert hidden layers on a CiteULike-t batch
-neighbourhood are about 90 MB each), so every step page-faults them in again: measured on
-this project's CPU, a FreqD step spent about 45% of its time there (1.2 s against 2.1 s per
-step with :func:`keep_freed_memory`; fd 0.53 s against 0.58 s; docs/RESULTS.md, Speed).
+neighbourhood are about 90 MB each, a 400-d MF gradient 48 MB), so every step page-faults
+them in again. Measured side by side in separate processes (``benchmarks/bench_heap.py``,
+docs/RESULTS.md, Speed): a FreqD step 1.56x faster with :func:`keep_freed_memory`, a
+BPR-MF 400 step 2.18x, a LightGCN 2000 step 1.38x, an fd step 1.03x.
 
 :func:`keep_freed_memory` turns that off for the process: large blocks come from the heap
 and freed memory stays there for the next step. The numbers a run computes do not change;
-the price is a peak RSS that includes the heap's free blocks (CiteULike-t FreqD: 1.58 GB
-against 1.13 GB). It is a no-op off glibc (macOS, Windows, musl).
+the price is a peak RSS that includes the heap's free blocks (+7% to +30% in that
+benchmark; the FreqD process 1.31 GB against 1.01 GB). It is a no-op off glibc (macOS, Windows, musl).
 """
 from __future__ import annotations
 
