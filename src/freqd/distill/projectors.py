@@ -114,10 +114,12 @@ class ExpertBank(nn.Module):
     """E two-layer MLPs ``d_in -> hidden -> d_out`` (ReLU) held as stacked weights.
 
     ``w1`` [E, d_in, h], ``b1`` [E, h], ``w2`` [E, h, d_out], ``b2`` [E, d_out]: expert ``e``
-    equals ``nn.Linear`` layers with weights ``w1[e].T`` / ``w2[e].T``. The experts' outputs
-    are combined by per-row weights ``c`` [N, E] (the mean: ``c = 1/E``) *inside* one GEMM,
-    ``sum_e c_e (h_e W2_e + b2_e) = [c_1 h_1 | ... | c_E h_E] @ vstack(W2_e) + c @ b2``, so the
-    [N, E, d_out] stack of expert outputs is never materialised.
+    equals ``nn.Linear`` layers with weights ``w1[e].T`` / ``w2[e].T``. The hidden layers are
+    laid out side by side, [N, E*h] (:meth:`hidden_flat`), and the experts' outputs are
+    combined by per-row weights ``c`` [N, E] (the mean: ``c = 1/E``) *inside* one GEMM,
+    ``sum_e c_e (h_e W2_e + b2_e) = [c_1 h_1 | ... | c_E h_E] @ vstack(W2_e) + c @ b2``
+    (:meth:`combine_flat`), so neither a transposed copy of the hidden layers nor the
+    [N, E, d_out] stack of expert outputs is ever materialised.
     """
 
     def __init__(self, d_in: int, hidden: int, d_out: int, n_experts: int):
@@ -156,23 +158,22 @@ class ExpertBank(nn.Module):
         E, H = self.n_experts, self.hidden
         if mask_in is None and keep_hid is None:
             w = self.w1.permute(1, 0, 2).reshape(self.d_in, E * H)
-            return torch.relu(torch.addmm(self.b1.reshape(-1), x, w))
+            return torch.addmm(self.b1.reshape(-1), x, w).relu_()  # addmm's backward needs no output
         return _MaskedHidden.apply(x, self.w1, self.b1, mask_in, keep_hid)
 
-    def combine_flat(self, h: Tensor, scale: float) -> Tensor:
-        """``scale * sum_e h_e W2_e + mean_e b2_e`` for ``h`` [N, E*h] from :meth:`hidden_flat`
-        (``scale`` = 1/E for the plain mean, 1/(E keep) after hidden dropout): one GEMM."""
-        w2 = self.w2.reshape(self.n_experts * self.hidden, self.d_out)
-        return torch.addmm(self.b2.mean(0), h, w2, alpha=scale)
+    def combine_flat(self, h: Tensor, scale: float = 1.0, weights: Tensor | None = None) -> Tensor:
+        """The experts' outputs combined, for ``h`` [N, E*h] from :meth:`hidden_flat`: [N, d_out].
 
-    def combine(self, h: Tensor, weights: Tensor | None = None) -> Tensor:
-        """``sum_e c[n, e] (h[e, n] @ W2_e + b2_e)`` as one contraction: [N, d_out].
-        ``weights`` [N, E]; None = the plain mean over experts."""
+        ``weights`` None: ``scale * sum_e h_e W2_e + mean_e b2_e`` (``scale`` = 1/E for the
+        plain mean, 1/(E keep) after hidden dropout); ``weights`` [N, E] (DE / HTD's Gumbel
+        mix): ``sum_e c[n, e] (h_e W2_e + b2_e)``. One GEMM over the stacked output layers
+        ``vstack(W2_e)``, so the [N, E, d_out] stack of expert outputs is never formed."""
+        w2 = self.w2.reshape(self.n_experts * self.hidden, self.d_out)
         if weights is None:
-            out = torch.einsum("enh,ehd->nd", h, self.w2) / self.n_experts
-            return out + self.b2.mean(0)
-        hw = h * weights.t().unsqueeze(-1)
-        return torch.einsum("enh,ehd->nd", hw, self.w2) + weights @ self.b2
+            return torch.addmm(self.b2.mean(0), h, w2, alpha=scale)
+        n = h.shape[0]
+        hw = (h.view(n, self.n_experts, self.hidden) * weights.unsqueeze(-1)).view(n, -1)
+        return torch.addmm(weights @ self.b2, hw, w2, alpha=scale)
 
     def expert_outputs(self, x: Tensor) -> Tensor:
         """Every expert's output [N, E, d_out] (slow reference / analysis only)."""
@@ -290,7 +291,7 @@ class GumbelExperts(nn.Module):
     def forward(self, s: Tensor, t: Tensor, temperature: float) -> Tensor:
         """``sum_k z_k f_k(s)`` [N, d_t] with z drawn from the teacher's selection."""
         z = self.weights(t, temperature)
-        return self.bank.combine(self.bank.hidden_layer(s), z)
+        return self.bank.combine_flat(self.bank.hidden_flat(s), weights=z)
 
 
 class LinearProjector(nn.Module):
