@@ -130,4 +130,47 @@ def test_gradient_when_only_user_side_is_used_and_gradcheck():
     uw = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     iw = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, y: _LayerMean.apply(m.graph, 3, Workspace(), x, y), (uw, iw))
+        lambda x, y: _LayerMean.apply(m.graph, torch.arange(9), 3, Workspace(), x, y), (uw, iw))
+    # and through the model's own (reordered) graph
+    from freqd.models.lightgcn import csr_buffer
+
+    assert torch.autograd.gradcheck(
+        lambda x, y: _LayerMean.apply(csr_buffer(m, "graph_local"), m.node_pos, 3, Workspace(), x, y), (uw, iw))
+
+
+def test_locality_order_is_a_permutation_that_narrows_the_band(tiny_dir):
+    """The propagation graph is Â with its nodes reordered (reverse Cuthill-McKee): a
+    permutation of Â, with a narrower band, and propagating over it gives the same
+    representations as the plain product over Â in id order (values and gradients)."""
+    from freqd.models.lightgcn import csr_buffer, locality_order, sym_spmm
+
+    t = np.loadtxt(tiny_dir / "train.txt", dtype=np.int64, skiprows=1, delimiter="\t")
+    train = sp.csr_matrix((np.ones(len(t), np.float32), (t[:, 0], t[:, 1])), shape=(241, 979))
+    nu, ni = train.shape
+    a = normalized_adjacency(train)
+    order = locality_order(a)
+    assert sorted(order.tolist()) == list(range(a.shape[0])) and not np.array_equal(order, np.arange(a.shape[0]))
+
+    def bandwidth(m):
+        m = m.tocoo()
+        return np.abs(m.row.astype(np.int64) - m.col).mean()  # mean distance of an entry from the diagonal
+
+    assert bandwidth(a[order][:, order]) < 0.7 * bandwidth(a)  # tiny: 309 against 626
+    torch.manual_seed(0)
+    m = LightGCN(nu, ni, LightGCNConfig(dim=6, n_layers=3), train).double()
+    g_local = csr_buffer(m, "graph_local")
+    assert torch.equal(m.node_pos[torch.from_numpy(order)], torch.arange(a.shape[0]))
+    u, i = m.propagate()
+    ((u ** 2).sum() + (i ** 3).sum()).backward()
+    got = (u.detach(), i.detach(), m.user_emb.weight.grad.clone(), m.item_emb.weight.grad.clone())
+    m.zero_grad()
+    e = torch.cat([m.user_emb.weight, m.item_emb.weight])
+    layers = [e]
+    for _ in range(3):
+        layers.append(sym_spmm(m.graph, layers[-1]))
+    ref = torch.stack(layers).mean(0)
+    ((ref[:nu] ** 2).sum() + (ref[nu:] ** 3).sum()).backward()
+    want = (ref[:nu].detach(), ref[nu:].detach(), m.user_emb.weight.grad, m.item_emb.weight.grad)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert g_local.shape == m.graph.shape

@@ -27,6 +27,7 @@ __all__ = [
     "Workspace",
     "csr_buffer",
     "layer_mean_",
+    "locality_order",
     "normalized_adjacency",
     "register_csr",
     "sym_spmm",
@@ -161,35 +162,53 @@ def layer_mean_(a: Tensor, x: Tensor, n_layers: int, ws: Workspace | None = None
     return x.mul_(1.0 / (n_layers + 1))
 
 
+def locality_order(a: sp.csr_matrix) -> np.ndarray:
+    """A node order that keeps neighbours close in memory: reverse Cuthill-McKee on the
+    (symmetric) graph, from scipy. ``a[order][:, order]`` has a narrow band, so the rows of X
+    a sparse product ``a @ X`` reads for one output row lie close together and stay in
+    cache. Propagation forward + backward, one thread (``benchmarks/bench_propagation.py``):
+    1.12x faster on CiteULike-t at d = 2000, 1.26x on Gowalla at d = 512, the extra
+    gather of the result included."""
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    return np.asarray(reverse_cuthill_mckee(sp.csr_matrix(a), symmetric_mode=True), dtype=np.int64)
+
+
 class _LayerMean(torch.autograd.Function):
     """LightGCN propagation as one linear operator ``P = mean_l Â^l``; ``Â`` symmetric makes
     ``P`` symmetric, so the backward is ``P`` applied to the gradient: nothing is saved for
-    it but the graph, and no per-layer tensors are kept alive."""
+    it but the graph, and no per-layer tensors are kept alive.
+
+    ``a`` is Â with its nodes in a locality order (:func:`locality_order`), ``pos`` the
+    position of every node (users, then items) in that order: the tables are scattered into
+    it, propagated, and gathered back, one pass each way, in place of the concatenation."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, n_layers: int, ws: Workspace, user_w: Tensor, item_w: Tensor):
+    def forward(ctx, a: Tensor, pos: Tensor, n_layers: int, ws: Workspace, user_w: Tensor, item_w: Tensor):
         nu = user_w.shape[0]
-        out = torch.cat([user_w, item_w], 0)
-        layer_mean_(a, out, n_layers, ws)
-        ctx.a, ctx.n_layers, ctx.ws, ctx.nu = a, n_layers, ws, nu
+        x = user_w.new_empty((a.shape[0], user_w.shape[1]))
+        x.index_copy_(0, pos[:nu], user_w)
+        x.index_copy_(0, pos[nu:], item_w)
+        layer_mean_(a, x, n_layers, ws)
+        ctx.a, ctx.pos, ctx.n_layers, ctx.ws, ctx.nu = a, pos, n_layers, ws, nu
         ctx.set_materialize_grads(False)
-        return out[:nu], out[nu:]
+        return x.index_select(0, pos[:nu]), x.index_select(0, pos[nu:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gu: Tensor | None, gi: Tensor | None):
         if gu is None and gi is None:
-            return None, None, None, None, None
-        nu = ctx.nu
+            return None, None, None, None, None, None
+        nu, pos = ctx.nu, ctx.pos
         ref = gu if gu is not None else gi
         g = ref.new_empty((ctx.a.shape[0], ref.shape[1]))
-        for part, grad in ((g[:nu], gu), (g[nu:], gi)):
+        for idx, grad in ((pos[:nu], gu), (pos[nu:], gi)):
             if grad is None:
-                part.zero_()
+                g.index_fill_(0, idx, 0.0)
             else:
-                part.copy_(grad)
+                g.index_copy_(0, idx, grad)
         layer_mean_(ctx.a, g, ctx.n_layers, ctx.ws)
-        return None, None, None, g[:nu], g[nu:]
+        return None, None, None, None, g.index_select(0, pos[:nu]), g.index_select(0, pos[nu:])
 
 
 class LightGCN(Recommender):
@@ -219,7 +238,14 @@ class LightGCN(Recommender):
         self.item_emb = nn.Embedding(self.n_items, cfg.dim)
         nn.init.normal_(self.user_emb.weight, std=cfg.init_std)
         nn.init.normal_(self.item_emb.weight, std=cfg.init_std)
-        register_csr(self, "graph", normalized_adjacency(train))
+        a = normalized_adjacency(train)
+        register_csr(self, "graph", a)
+        # propagation runs over the same graph with its nodes in a cache-friendly order
+        order = locality_order(a)
+        pos = np.empty_like(order)
+        pos[order] = np.arange(order.size)
+        register_csr(self, "graph_local", a[order][:, order])
+        self.register_buffer("node_pos", torch.from_numpy(pos), persistent=False)
         self._workspace = Workspace()
 
     @property
@@ -231,7 +257,7 @@ class LightGCN(Recommender):
         """Mean of ``E_0 .. E_L`` split into (users, items); one sparse product per layer."""
         if self.n_layers == 0:
             return self.user_emb.weight, self.item_emb.weight
-        return _LayerMean.apply(self.graph, self.n_layers, self._workspace,
+        return _LayerMean.apply(csr_buffer(self, "graph_local"), self.node_pos, self.n_layers, self._workspace,
                                 self.user_emb.weight, self.item_emb.weight)
 
     def loss(self, batch: dict[str, Tensor], reps: Reps) -> dict[str, Tensor]:
