@@ -223,7 +223,7 @@ class FreqD(Distiller):
             xs, xt = self._node_features(side, allnodes, student_reps, project=before)
             zs, zt = full_filter(hops, self.filt, xs)[rows], full_filter(hops, self.filt, xt)[rows]
         if not before:
-            zs = self._project_rows(side, rows, zs)
+            zs = self._project_rows(side, zs)
         return _row_loss(zs, zt, c.loss)
 
     def _filtered_projection(self, side: str, plan, x: Tensor, masks=None) -> Tensor:
@@ -244,10 +244,9 @@ class FreqD(Distiller):
         hb2 = plan.apply(ones) * bank.b2.mean(0)  # (H 1) b2
         return torch.addmm(hb2, plan.apply(h), bank.w2.reshape(-1, bank.d_out), alpha=scale)
 
-    def _project_rows(self, side: str, rows: Tensor, z: Tensor) -> Tensor:
-        if self.cfg.graph != "bipartite":
-            return (self.proj_user if side == "user" else self.proj_item)(z)
-        return self.proj_user(z) if side == "user" else self.proj_item(z)
+    def _project_rows(self, side: str, z: Tensor) -> Tensor:
+        """Projection after the filter (``placement="after"``), with the side's projector."""
+        return (self.proj_user if side == "user" else self.proj_item)(z)
 
     # -- the loss -----------------------------------------------------------------------------
     def loss(self, batch: Dict[str, Tensor], student_reps) -> Dict[str, Tensor]:
@@ -370,5 +369,5 @@ class FreqDExact(FreqD):
         Mb = M[rows]
         zs, zt = Mb @ xs, Mb @ xt
         if not before:
-            zs = self._project_rows(side, rows, zs)
+            zs = self._project_rows(side, zs)
         return _row_loss(zs, zt, c.loss)
