@@ -149,6 +149,27 @@ def test_killed_before_first_checkpoint_restarts_cleanly(env, tmp_path):
     assert without_timing(run.metrics) == without_timing(ref.metrics)
 
 
+def test_killed_while_writing_its_config_restarts_cleanly(env, tmp_path):
+    """Killed before config.yaml landed (found by the bench test under load): the folder
+    holds the lock and the atomic write's temporary file; the same command (with or
+    without --resume) starts the run afresh and matches an uninterrupted one. A folder
+    with anything else in it is still refused."""
+    ref = api.train("tiny", backbone="mf", dim=8, out=tmp_path / "ref", epochs=2, overrides=COMMON)
+    for resume in (False, True):
+        out = tmp_path / f"run{int(resume)}"
+        out.mkdir()
+        (out / ".lock").touch()
+        (out / ".config.yaml.k3j4x_.tmp").write_text("kind: tra")  # half-written, never renamed
+        run = api.train("tiny", backbone="mf", dim=8, out=out, epochs=2, overrides=COMMON, resume=resume)
+        assert without_timing(run.metrics) == without_timing(ref.metrics)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FreqdError, match="not a freqd run directory"):
+        api.train("tiny", backbone="mf", dim=8, out=foreign, epochs=1, overrides=COMMON)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
 def test_resume_with_a_truncated_checkpoint_is_refused(env, tmp_path):
     out = tmp_path / "run"
     api.train("tiny", backbone="mf", dim=8, out=out, epochs=2, overrides=COMMON)

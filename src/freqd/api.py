@@ -193,7 +193,7 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
             log.info("%s: already finished", run_dir)
             dctx.broadcast_object(True)
             return Run(run_dir, dataset=ds, device=train_cfg.device)
-    elif run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
+    elif run_dir.exists() and any(not _own_leftover(p) for p in run_dir.iterdir()):
         raise FreqdError(f"{run_dir}: exists and is not a freqd run directory; choose another --out")
     if dctx.is_main:
         dctx.broadcast_object(False)
@@ -202,9 +202,9 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
     with run_lock(run_dir) if dctx.is_main else contextlib.nullcontext():
         handler = None
         try:
-            handler = _setup_logging(run_dir if dctx.is_main else None)
-            if dctx.is_main:
+            if dctx.is_main:  # first: a run killed from here on resumes (or restarts) cleanly
                 write_run_config(run_dir, cfg)
+            handler = _setup_logging(run_dir if dctx.is_main else None)
             torch.manual_seed(train_cfg.seed)
             model = build_model(cfg, ds)
             distiller, weight, extra = None, 0.0, {}
@@ -238,6 +238,12 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
                 log.removeHandler(handler)
                 handler.close()
     return Run(run_dir, dataset=ds, device=train_cfg.device)
+
+
+def _own_leftover(p: Path) -> bool:
+    """What a run killed before its config.yaml landed can leave in its folder: the lock file
+    and the temporary file of an atomic write (``.config.yaml.XXXX.tmp``)."""
+    return p.name == ".lock" or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
 
 
 def _first_missing(path: Path) -> Optional[Path]:
