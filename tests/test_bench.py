@@ -50,6 +50,8 @@ def test_bench_interrupted_then_resumed(tmp_path, shared_data):
     body = {ln.split("|")[2].strip(): ln.split("|")[3].strip() for ln in table if ln.startswith("| ") and "---" not in ln and "group" not in ln}
     assert body["teacher"] == "1" and body["scratch"] == "2" and body["fd"] == "2" and body["freqd"] == "2"
     assert any("improvement of freqd over the best baseline" in ln for ln in table)
+    budget = next(ln for ln in table if ln.startswith("Epochs run (best epoch)"))
+    assert "; fd 2 (" in budget and "; freqd 2 (" in budget and budget.startswith("Epochs run (best epoch), over seeds: teacher ")
     for f in ("efficiency.md", "bars.png", "curves.png"):
         assert (out / f).is_file()
 

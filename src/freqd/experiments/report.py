@@ -121,6 +121,15 @@ def make_table(rows: List[dict]) -> str:
         out.write(f"| | improvement of {f} over the best baseline | | " + " | ".join(cells) + " |\n")
     out.write("\n`*` / `▼`: significantly better / worse than the best baseline of that column "
               "(paired t-test over seeds, p < 0.05).\n")
+
+    def span(xs) -> str:
+        lo, hi = min(xs), max(xs)
+        return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+    # the training budget each row had: a fixed-epoch comparison says so in its own table
+    out.write("\nEpochs run (best epoch), over seeds: " + "; ".join(
+        f"{m} {span([by[m][s]['epochs_run'] for s in by[m]])} ({span([by[m][s]['best_epoch'] for s in by[m]])})"
+        for _, m in order) + ".\n")
     return out.getvalue()
 
 
