@@ -256,6 +256,20 @@ class FitNet(_FeatureDistiller):
             self.projector_u = ExpertProjector(ds, dt, cfg.n_experts, h, cfg.dropout)
             self.projector_i = ExpertProjector(ds, dt, cfg.n_experts, h, cfg.dropout)
 
+    @torch.no_grad()
+    def residuals(self, student_reps=None) -> dict[str, Tensor]:
+        """``P(S) - T`` over every user and every item (projectors in eval mode, no dropout;
+        for ``freqd spectrum``)."""
+        was = self.training
+        self.eval()
+        try:
+            if student_reps is None and self.cfg.student_layer == "final":
+                student_reps = self.student.propagate()
+            s, t = self.tables(student_reps)
+            return {"user": self.projector_u(s[0]) - t[0], "item": self.projector_i(s[1]) - t[1]}
+        finally:
+            self.train(was)
+
     def segments(self, batch: dict[str, Tensor]) -> list[Segment]:
         if self.cfg.entities == "random":
             return random_segments(batch, self.dataset.n_users, self.dataset.n_items)

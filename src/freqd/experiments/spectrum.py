@@ -31,8 +31,9 @@ def load_distiller(student_dir: Path, teacher_run, dataset):
         raise ConfigError(f"option '--student': {student_dir} is not a distilled run (kind {cfg.get('kind')!r})")
     m = dict(cfg["method"])
     name = m.pop("name")
-    if name not in ("freqd", "fd", "freqd-exact"):
-        raise ConfigError(f"option '--student': {student_dir} used {name!r}; spectrum needs a FreqD-family run (freqd, fd, freqd-exact) whose projector maps the student into the teacher's space")
+    if name not in ("freqd", "fd", "freqd-exact", "fitnet"):
+        raise ConfigError(f"option '--student': {student_dir} used {name!r}; spectrum needs a run whose projector "
+                          "maps the student into the teacher's space: freqd, fd, freqd-exact or fitnet")
     dist = build_distiller(name, teacher_run.model, run.model, dataset, m)
     st = load_checkpoint_file(student_dir / BEST)
     if "distiller" not in st:
@@ -55,11 +56,12 @@ def cmd_spectrum(a) -> int:
     for sdir in a.student:
         name, dist = load_distiller(Path(sdir), teacher, ds)
         students.append((Path(sdir).name, name, dist))
-    c0 = students[0][2].cfg
-    graph = a.graph or c0.graph
+    # the graph: --graph / --k, else the first FreqD-family student's, else co-occurrence top-5
+    c0 = next((d.cfg for _, _, d in students if hasattr(d.cfg, "graph")), None)
+    graph = a.graph or (c0.graph if c0 else "cooccurrence")
     if graph == "bipartite":
         raise ConfigError("option '--graph': the spectrum is per side; use cooccurrence or knn")
-    k = a.k or c0.k
+    k = a.k or (c0.k if c0 else 5)
     R = ds.train
     if graph == "knn":
         tf = teacher.model.propagate()[0 if a.side == "user" else 1].detach().cpu().numpy()
@@ -89,7 +91,9 @@ def cmd_spectrum(a) -> int:
         else:
             print(f"{label} ({name}): partial spectrum covers {per.sum() / max(total, 1e-30):.1%} of ||P(S) - T||^2; "
                   f"Rayleigh quotient {rq:.4f}")
-    h2s = {lab: np.asarray(d.filt.weights(lam)) * np.ones_like(lam) for lab, _, d in students}
+    # h(λ)² of each student's filter (1 everywhere for FitNet and fd: every frequency weighted equally)
+    h2s = {lab: (np.asarray(d.filt.weights(lam)) if hasattr(d, "filt") else 1.0) * np.ones_like(lam)
+           for lab, _, d in students}
     nb = max(1, min(a.bands, len(lam)))
     bands = None
     for label, (per, rq, total) in per_student.items():
