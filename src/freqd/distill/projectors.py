@@ -44,37 +44,45 @@ def _uniform_(t: Tensor, fan_in: int) -> Tensor:
 
 class _MaskedHidden(torch.autograd.Function):
     """``h = ReLU(x_e W1_e + b1_e) * m`` for all experts e, written straight into the
-    [N, E*h] layout, with ``m`` a 0/1 mask.
+    [N, E*h] layout, with ``m`` a 0/1 mask (bool or floating).
 
-    Forward: one batched GEMM into a strided view of the output, ReLU and mask in place.
-    Backward: ``dL/dpre = g * sign(h)`` (h >= 0, and h > 0 exactly where the pre-activation
-    is positive and the unit kept), then the two GEMMs of the linear layer. Only ``h`` (the
-    output, alive anyway) and the small ``x_e`` copies are saved."""
+    Forward: one batched GEMM into a strided view of the output with the bias folded in
+    (a column of ones beside ``x_e``, a row ``b1_e`` under ``W1_e``: no pass that writes the
+    bias first), then ReLU and the mask in place. Backward: ``dL/dpre = g * [h > 0]`` in one
+    pass (``threshold_backward``, ReLU's own kernel: h >= 0, and h > 0 exactly where the
+    pre-activation is positive and the unit kept), then two batched GEMMs on strided views
+    (the bias gradient is the ones column's row of the first). Only ``h`` (the output, alive
+    anyway) and the small ``[x_e | 1]`` copies are saved."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, mask_in, keep_hid):
         E, d_in, H = w1.shape
         N = x.shape[0]
-        xe = x.unsqueeze(0) * mask_in if mask_in is not None else x.unsqueeze(0).expand(E, N, d_in)
+        xa = x.new_empty(E, N, d_in + 1)
+        if mask_in is not None:
+            torch.mul(x.unsqueeze(0), mask_in, out=xa[:, :, :d_in])
+        else:
+            xa[:, :, :d_in] = x
+        xa[:, :, d_in] = 1.0
+        wa = torch.cat([w1, b1.unsqueeze(1)], dim=1)  # [E, d_in + 1, H]
         out = torch.empty(N, E, H, device=x.device, dtype=x.dtype)
-        torch.baddbmm(b1.unsqueeze(1), xe, w1, out=out.permute(1, 0, 2))
+        torch.bmm(xa, wa, out=out.permute(1, 0, 2))
         h = out.view(N, E * H).relu_()
         if keep_hid is not None:
             h.mul_(keep_hid)
-        ctx.save_for_backward(xe, w1, mask_in, h)
+        ctx.save_for_backward(xa, w1, mask_in, h)
         return h
 
     @staticmethod
     def backward(ctx, g):
-        xe, w1, mask_in, h = ctx.saved_tensors
-        E, _, H = w1.shape
+        xa, w1, mask_in, h = ctx.saved_tensors
+        E, d_in, H = w1.shape
         N = h.shape[0]
-        gp = (g * torch.sign(h)).view(N, E, H).permute(1, 0, 2)  # [E, N, H], strided
+        gp = torch.ops.aten.threshold_backward(g.contiguous(), h, 0.0).view(N, E, H).permute(1, 0, 2)
         gx = gw1 = gb1 = None
-        if ctx.needs_input_grad[1]:
-            gw1 = torch.bmm(xe.transpose(1, 2), gp)
-        if ctx.needs_input_grad[2]:
-            gb1 = gp.sum(1)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gwa = torch.bmm(xa.transpose(1, 2), gp)  # [E, d_in + 1, H]
+            gw1, gb1 = gwa[:, :d_in], gwa[:, d_in]
         if ctx.needs_input_grad[0]:
             gxe = torch.bmm(gp, w1.transpose(1, 2))
             gx = (gxe * mask_in).sum(0) if mask_in is not None else gxe.sum(0)
@@ -150,7 +158,7 @@ class ExpertBank(nn.Module):
         """``ReLU(x_e W1_e + b1_e) * keep_hid`` for every expert, laid out [N, E*h] (expert
         e in columns e*h..(e+1)*h-1), the layout :meth:`combine_flat` multiplies without a
         copy. ``mask_in`` [E, N, d_in]: per-expert input masks (any values, e.g. 0 or
-        1/keep); ``keep_hid`` [N, E*h]: a 0/1 hidden-dropout mask (the 1/keep rescaling is
+        1/keep); ``keep_hid`` [N, E*h]: a hidden-dropout mask (bool, or 0/1 values) (the 1/keep rescaling is
         left to the caller, see :meth:`ExpertProjector.expert_hidden`). Equals
         ``(hidden_layer(x, mask_in) * keep_hid[E-major view])`` in values and gradients
         (tests/test_projectors.py), with one fused pass each way instead of separate ReLU,
@@ -236,6 +244,7 @@ class ExpertProjector(nn.Module):
             keep_hid = (m_hid != 0).to(x.dtype).transpose(0, 1).reshape(N, E * self.hidden)
         else:
             m_in = torch.empty(E, N, self.d_in, device=x.device, dtype=x.dtype).bernoulli_(keep).div_(keep)
+            # 0/1 floats: multiplying by a bool mask takes torch's casting path, ~3x slower
             keep_hid = keep_mask((N, E * self.hidden), keep, x.device, x.dtype)
         return self.bank.hidden_flat(x, m_in, keep_hid), 1.0 / (E * keep)
 
