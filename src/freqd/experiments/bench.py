@@ -181,10 +181,26 @@ class Progress:
               file=sys.stderr, flush=True)
 
 
+def _check_data(todo: List[RunSpec]) -> None:
+    """Load each dataset the unfinished runs need once, here: a missing or malformed file
+    is reported by this process (with where to put the file), not buried in the log of a
+    worker process."""
+    from ..api import _dataset_for
+
+    seen = set()
+    for s in todo:
+        key = repr((s.cfg["dataset"], s.cfg.get("data_dir"), s.cfg.get("data")))
+        if key not in seen:
+            seen.add(key)
+            _dataset_for(s.cfg)
+
+
 def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None:
     """Run every unfinished spec (teacher first); finished runs are skipped."""
     prog = Progress(specs)
     done = sum(s.done for s in specs)
+    if jobs > 1:
+        _check_data([s for s in specs if not s.done])
     teacher = [s for s in specs if s.label == "teacher"]
     rest = [s for s in specs if s.label != "teacher"]
     for batch in ([teacher, rest] if teacher else [rest]):
@@ -203,13 +219,16 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
         else:
             running: Dict[subprocess.Popen, RunSpec] = {}
             queue = list(todo)
+            # the cores shared by the runs that go side by side (a lone teacher gets them all)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, cores // max(1, min(jobs, len(todo))))
             while queue or running:
                 while queue and len(running) < jobs:
                     s = queue.pop(0)
                     s.out.parent.mkdir(parents=True, exist_ok=True)
                     logf = open(s.out.parent / f".{s.out.name}.out", "ab")
                     env = dict(os.environ, FREQD_NO_PROGRESS="1")
-                    env.setdefault("OMP_NUM_THREADS", "1")
+                    env.setdefault("OMP_NUM_THREADS", str(threads))
                     p = subprocess.Popen(_cli_args(s), stdout=logf, stderr=subprocess.STDOUT, env=env)
                     running[p] = s
                     prog.line(done, [f"{r.label}/s{r.seed}" for r in running.values()])
