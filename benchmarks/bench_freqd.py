@@ -7,7 +7,9 @@ the batch rows' neighbourhood. Both compute the same loss (tests/test_distill_fr
 
 Prints, measured side by side in one run: seconds per training step (student BPR +
 FreqD loss + backward + Adam) for local and full paths, their ratio, seconds per epoch
-extrapolated from the measured steps, and FreqD step / fd step.
+extrapolated from the measured steps, and FreqD step / fd step, in wall seconds and in
+this process's CPU seconds (steadier on a machine shared with other jobs: time spent
+waiting for a core does not count; contention for memory bandwidth still does).
 
     python benchmarks/bench_freqd.py --dataset citeulike-t --steps 5
     python benchmarks/bench_freqd.py --dataset gowalla --steps 3 --teacher-dim 300
@@ -62,6 +64,8 @@ def main() -> None:
     print(f"{a.dataset}: {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} train, {n_batches} steps/epoch, "
           f"teacher {a.teacher_dim} -> student {a.student_dim}, device {dev}, threads {torch.get_num_threads()}")
 
+    cpu: dict = {}  # variant -> median CPU seconds of this process per step
+
     def time_variant(method: str, **over) -> tuple[float, float]:
         torch.manual_seed(1)
         student = build_backbone("mf", ds.n_users, ds.n_items, {"dim": a.student_dim}, ds.train).to(dev)
@@ -70,12 +74,12 @@ def main() -> None:
         dist.prepare(None)
         prep = time.perf_counter() - t0
         opt = torch.optim.Adam(list(student.parameters()) + list(dist.parameters()), lr=1e-3, weight_decay=1e-3)
-        times = []
+        times, cpus = [], []
         for i in range(a.steps + 1):
             b = batches[i % n_batches]
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             reps = student.propagate()
             loss = student.loss(b, reps)["loss"] + dist.cfg.weight * dist.loss(b, reps)["loss"]
             opt.zero_grad()
@@ -85,6 +89,8 @@ def main() -> None:
                 torch.cuda.synchronize()
             if i > 0:
                 times.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+        cpu[(method, tuple(sorted(over.items())))] = statistics.median(cpus)
         return statistics.median(times), prep
 
     rows = []
@@ -98,7 +104,9 @@ def main() -> None:
             full, _ = time_variant("freqd", filter=filt, path="full")
             rows.append((f"freqd {filt}, full-table reference", full))
             line += f", full-table {full:.3f} s/step ({full * n_batches:.1f} s/epoch): speed-up x{full / loc:.2f}"
-        line += f"; freqd/fd step ratio {loc / fd:.2f} (graph build/load {prep:.2f} s)"
+        loc_cpu = cpu[("freqd", (("filter", filt), ("path", "local")))]
+        line += (f"; freqd/fd step ratio {loc / fd:.2f}, in CPU seconds {loc_cpu / cpu[('fd', ())]:.2f} "
+                 f"(graph build/load {prep:.2f} s)")
         print(line)
     print("\n| variant | s/step | s/epoch (x%d steps) |\n|---|---|---|" % n_batches)
     for name, t in rows:
