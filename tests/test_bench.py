@@ -81,3 +81,67 @@ def test_bench_reports_what_finished_when_a_run_fails(tmp_path, shared_data, mon
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted(r["label"] for r in rows) == ["freqd", "scratch", "teacher"]
     assert (out / "table.md").is_file()
+
+
+def test_two_benches_share_a_grid(tmp_path, shared_data, monkeypatch, capsys):
+    """A run that another process is training (its lock is held) is left to that process:
+    not run twice, not reported as failed; the bench says so and reports what finished.
+    Once the other process is done, the next call has nothing left to run."""
+    import fcntl
+    import logging
+
+    from freqd.experiments import bench as bench_mod
+    from freqd.runs import held_elsewhere
+
+    monkeypatch.setenv("FREQD_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("FREQD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    over = {"train": {"epochs": 1, "progress": False}}
+    specs = bench_mod.plan_grid("tiny", "mf", ["fd", "freqd"], 1, out, overrides=over)
+    fd = next(s for s in specs if s.label == "fd")
+    fd.out.mkdir(parents=True)
+    other = open(fd.out / ".lock", "a+")  # another process's lock (flock is per open file)
+    fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert held_elsewhere(fd.out)
+        logging.getLogger("freqd").setLevel(logging.INFO)
+        bench_mod.bench("tiny", methods=["fd", "freqd"], seeds=1, out=out, jobs=1, overrides=over)
+        err = capsys.readouterr().err
+        assert "still running in another process: fd/s0" in err, err
+        assert not (fd.out / "metrics.json").exists()
+        rows = list(csv.DictReader((out / "results.csv").open()))
+        assert sorted(r["label"] for r in rows) == ["freqd", "scratch", "teacher"]
+    finally:
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+        other.close()
+    assert not held_elsewhere(fd.out)
+    bench_mod.bench("tiny", methods=["fd", "freqd"], seeds=1, out=out, jobs=1, overrides=over)
+    assert (fd.out / "metrics.json").is_file()
+    assert "(grid complete)" in capsys.readouterr().err
+
+
+def test_bench_waits_for_a_teacher_trained_elsewhere(tmp_path, shared_data, monkeypatch, caplog):
+    import fcntl
+    import logging
+    import threading
+
+    from freqd.experiments import bench as bench_mod
+
+    monkeypatch.setenv("FREQD_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("FREQD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    over = {"train": {"epochs": 1, "progress": False}}
+    specs = bench_mod.plan_grid("tiny", "mf", ["fd"], 1, out, overrides=over)
+    teacher = next(s for s in specs if s.label == "teacher")
+    teacher.out.mkdir(parents=True)
+    other = open(teacher.out / ".lock", "a+")
+    fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    t = threading.Timer(1.0, other.close)  # the other process goes away (its lock with it)
+    t.start()
+    monkeypatch.setattr(bench_mod, "_wait_for_teacher",
+                        lambda ts, poll=5.0, real=bench_mod._wait_for_teacher: real(ts, poll=0.1))
+    with caplog.at_level(logging.INFO, logger="freqd"):
+        bench_mod.run_grid(specs, jobs=1)
+    t.join()
+    assert any("waiting for the teacher" in r.getMessage() for r in caplog.records)
+    assert all(s.done for s in specs)

@@ -211,6 +211,27 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         fh.close()
 
 
+def held_elsewhere(run_dir: Path) -> bool:
+    """Whether another process holds RUN_DIR's lock (is training that run right now)."""
+    lock_path = Path(run_dir) / ".lock"
+    if not lock_path.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        return False
+    try:
+        with open(lock_path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
 def read_run_config(run_dir: Path) -> dict:
     p = Path(run_dir) / "config.yaml"
     if not p.is_file():

@@ -196,15 +196,27 @@ def _check_data(todo: List[RunSpec]) -> None:
 
 
 def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None:
-    """Run every unfinished spec (teacher first); finished runs are skipped."""
+    """Run every unfinished spec (teacher first); finished runs are skipped, and so are runs
+    that another process is training (a teacher being trained elsewhere is waited for)."""
+    from ..runs import held_elsewhere
+
     prog = Progress(specs)
     done = sum(s.done for s in specs)
     if jobs > 1:
         _check_data([s for s in specs if not s.done])
     teacher = [s for s in specs if s.label == "teacher"]
     rest = [s for s in specs if s.label != "teacher"]
+    elsewhere: List[str] = []
     for batch in ([teacher, rest] if teacher else [rest]):
+        if batch is teacher:
+            _wait_for_teacher(teacher)
+        # another bench (or freqd train/distill) over the same folder is training these:
+        # leave them to it (two benches over one grid share its runs)
         todo = [s for s in batch if not s.done]
+        for s in [s for s in todo if held_elsewhere(s.out)]:
+            log.info("bench: %s/s%d is being trained by another process; left to it", s.label, s.seed)
+            elsewhere.append(f"{s.label}/s{s.seed}")
+            todo.remove(s)
         failed: List[str] = []
         if jobs <= 1:
             for s in todo:
@@ -242,7 +254,23 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
                         prog.line(done, [f"{r.label}/s{r.seed}" for r in running.values()])
         if failed:
             raise FreqdError("bench runs failed: " + "; ".join(failed))
-    prog.line(done, [], "(grid complete)")
+    if elsewhere:
+        prog.line(done, [], "(this process is done; still running in another process: " + ", ".join(elsewhere) + ")")
+    else:
+        prog.line(done, [], "(grid complete)")
+
+
+def _wait_for_teacher(teacher: List[RunSpec], poll: float = 5.0) -> None:
+    """A teacher that another process is training: wait for it (the students need it)."""
+    from ..runs import held_elsewhere
+
+    for s in teacher:
+        said = False
+        while not s.done and held_elsewhere(s.out):
+            if not said:
+                log.info("bench: waiting for the teacher %s, trained by another process", s.out)
+                said = True
+            time.sleep(poll)
 
 
 def bench(dataset: str, backbone: str = "mf", methods: Sequence[str] = ("fd", "freqd"), seeds: int = 1,
