@@ -145,3 +145,39 @@ def test_bench_waits_for_a_teacher_trained_elsewhere(tmp_path, shared_data, monk
     t.join()
     assert any("waiting for the teacher" in r.getMessage() for r in caplog.records)
     assert all(s.done for s in specs)
+
+
+def test_paper_table_rebuilds_from_the_small_files(tmp_path, shared_data, monkeypatch):
+    """--report-only --eval-protocol keeps each run's re-evaluation as metrics_<protocol>.json,
+    equal to a direct evaluation, reused once the checkpoints are gone (the committed
+    evidence), refused with a clear error once it no longer matches the run."""
+    import json
+
+    from freqd.api import Run
+    from freqd.errors import FreqdError
+    from freqd.experiments import bench as bench_mod
+    from freqd.experiments.report import write_report
+    from freqd.train.trainer import BEST
+
+    monkeypatch.setenv("FREQD_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("FREQD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    over = {"train": {"epochs": 2, "progress": False}}
+    bench_mod.bench("tiny", methods=["fd"], seeds=1, out=out, jobs=1, overrides=over)
+    specs = bench_mod.plan_grid("tiny", "mf", ["fd"], 1, out, overrides=over)
+    first = write_report(out, specs, eval_protocol="paper")
+    fd = next(s for s in specs if s.label == "fd")
+    cached = json.loads((fd.out / "metrics_paper.json").read_text())
+    direct = Run(fd.out).evaluate("test", protocol="paper")
+    assert cached["protocol"] == "paper" and cached["selected_under"] == "standard"
+    assert cached["test"]["ndcg@20"] == pytest.approx(direct["ndcg@20"], abs=0)
+    assert first["rows"][2]["test_recall@10"] == pytest.approx(direct["recall@10"], abs=0)
+    for s in specs:
+        (s.out / BEST).unlink()
+    again = write_report(out, specs, eval_protocol="paper")
+    assert again["table"] == first["table"]
+    m = json.loads((fd.out / "metrics.json").read_text())
+    m["epochs_run"] += 1  # the run was extended: its cached paper metrics are stale
+    (fd.out / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(FreqdError, match=r"cannot re-evaluate .*fd-mf-s0.* protocol 'paper'.*checkpoint not found"):
+        write_report(out, specs, eval_protocol="paper")

@@ -226,12 +226,36 @@ def write_plots(out_dir: Path, rows: List[dict], specs) -> List[Path]:
 
 def reevaluate(rows: List[dict], protocol: str) -> List[dict]:
     """The same runs' best models evaluated on test under another masking protocol
-    (model selection stays the one of the protocol they were trained with)."""
+    (model selection stays the one of the protocol they were trained with).
+
+    Each result is kept in the run folder as ``metrics_<protocol>.json`` (a small file, like
+    metrics.json, to commit with the run), tagged with the best and last epoch it belongs to:
+    a later report reuses it while the run is unchanged, even where the checkpoint is gone,
+    and re-evaluates once the run has been extended."""
     from ..api import Run
+    from ..errors import CheckpointError, FreqdError
 
     out = []
     for r in rows:
-        res = Run(r["run_dir"]).evaluate("test", protocol=protocol)
+        run_dir = Path(r["run_dir"])
+        cache = run_dir / f"metrics_{protocol}.json"
+        tag = {"best_epoch": int(r["best_epoch"]), "epochs_run": int(r["epochs_run"])}
+        res = None
+        if cache.is_file():
+            try:
+                c = json.loads(cache.read_text())
+                if c.get("protocol") == protocol and all(c.get(k) == v for k, v in tag.items()):
+                    res = c["test"]
+            except (ValueError, KeyError, TypeError):
+                res = None
+        if res is None:
+            try:
+                res = Run(run_dir).evaluate("test", protocol=protocol)
+            except CheckpointError as e:
+                raise FreqdError(f"cannot re-evaluate {run_dir} under protocol '{protocol}' (no up-to-date "
+                                 f"{cache.name} either): {e}") from None
+            write_text(cache, json.dumps({"protocol": protocol, "selected_under": r["protocol"], **tag,
+                                          "test": {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}}, indent=2) + "\n")
         r = dict(r, protocol=f"{protocol} (selected under {r['protocol']})")
         for k in METRICS:
             r[f"test_{k}"] = res[k]
