@@ -181,3 +181,13 @@ def test_paper_table_rebuilds_from_the_small_files(tmp_path, shared_data, monkey
     (fd.out / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(FreqdError, match=r"cannot re-evaluate .*fd-mf-s0.* protocol 'paper'.*checkpoint not found"):
         write_report(out, specs, eval_protocol="paper")
+    # --skip-missing: the stale run is left out and named under the table; the others stay
+    part = write_report(out, specs, eval_protocol="paper", skip_missing=True)
+    assert [r["label"] for r in part["rows"]] == [r["label"] for r in first["rows"] if r["label"] != "fd"]
+    assert "| fd |" not in part["table"]
+    assert f"Left out (neither a checkpoint nor an up-to-date metrics_paper.json): fd/s0 ({fd.out.name})" in part["table"]
+    assert "Left out" in (out / "table_paper.md").read_text()
+    for s in specs:
+        (s.out / "metrics_paper.json").unlink()
+    with pytest.raises(FreqdError, match=r"no run can be re-evaluated under protocol 'paper'.*left out 3 runs"):
+        write_report(out, specs, eval_protocol="paper", skip_missing=True)

@@ -25,8 +25,10 @@ def test_paired_tests_by_hand(tmp_path):
     f1, f2 = tmp_path / "a.csv", tmp_path / "b.csv"
     _csv(f1, [("a", 0, 1), ("a", 1, 2), ("a", 2, 3), ("b", 0, 0), ("b", 1, 2), ("b", 2, 1), ("b", 3, 9)])
     _csv(f2, [("b", 2, 3)])
-    run = lambda *files: subprocess.run([sys.executable, str(ROOT / "scripts/paired_tests.py"), *map(str, files),
-                                         "--pairs", "a:b"], capture_output=True, text=True, check=True).stdout
+    def run(*files):
+        return subprocess.run([sys.executable, str(ROOT / "scripts/paired_tests.py"), *map(str, files),
+                               "--pairs", "a:b"], capture_output=True, text=True, check=True).stdout
+
     line = next(ln for ln in run(f1).splitlines() if "| ndcg@20 |" in ln)
     assert line == "| a vs b | ndcg@20 | 3 | +1.00000 | 2/3 | 0.225 |"
     line = next(ln for ln in run(f1, f2).splitlines() if "| recall@10 |" in ln)

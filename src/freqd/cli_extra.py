@@ -24,6 +24,9 @@ def register_extra(sub) -> None:
     b.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     b.add_argument("--eval-protocol", choices=["standard", "paper"],
                    help="with --report-only: re-evaluate every run's best model under this protocol (table_<protocol>.md)")
+    b.add_argument("--skip-missing", action="store_true",
+                   help="with --eval-protocol: leave out (and list under the table) the runs with neither a checkpoint "
+                        "nor an up-to-date metrics_<protocol>.json, instead of stopping")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="options for every run (teacher.* for the teacher only)")
 
     d = sub.add_parser("demo", help="the main job: teacher, scratch, fd and freqd on citeulike-t (BPR-MF), with a report")
@@ -96,6 +99,10 @@ def cmd_bench(a) -> int:
     from .experiments.bench import plan_grid, run_grid
     from .experiments.report import write_report
 
+    if a.skip_missing and not (a.report_only and a.eval_protocol):
+        from .errors import ConfigError
+
+        raise ConfigError("option '--skip-missing': only with --report-only --eval-protocol")
     over, tover = _split_over(a.overrides)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     specs = plan_grid(a.dataset, a.backbone, methods, a.seeds, Path(a.out), teacher_backbone=a.teacher_backbone,
@@ -103,7 +110,8 @@ def cmd_bench(a) -> int:
                       teacher_overrides=tover, data_dir=a.data_dir)
     if not a.report_only:
         run_grid(specs, jobs=a.jobs)
-    rep = write_report(Path(a.out), specs, eval_protocol=a.eval_protocol if a.report_only else None)
+    rep = write_report(Path(a.out), specs, eval_protocol=a.eval_protocol if a.report_only else None,
+                       skip_missing=a.skip_missing)
     if rep:
         print(rep["table"])
         if a.report_only and a.eval_protocol:

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..errors import FreqdError
 from ..utils.atomic import write_text
 
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -224,16 +225,20 @@ def write_plots(out_dir: Path, rows: List[dict], specs) -> List[Path]:
     return paths
 
 
-def reevaluate(rows: List[dict], protocol: str) -> List[dict]:
+def reevaluate(rows: List[dict], protocol: str, skip_missing: bool = False,
+               skipped: Optional[List[str]] = None) -> List[dict]:
     """The same runs' best models evaluated on test under another masking protocol
     (model selection stays the one of the protocol they were trained with).
+
+    A run with neither its best checkpoint nor an up-to-date cache is an error, unless
+    ``skip_missing``: then it is left out and its folder name appended to ``skipped``.
 
     Each result is kept in the run folder as ``metrics_<protocol>.json`` (a small file, like
     metrics.json, to commit with the run), tagged with the best and last epoch it belongs to:
     a later report reuses it while the run is unchanged, even where the checkpoint is gone,
     and re-evaluates once the run has been extended."""
     from ..api import Run
-    from ..errors import CheckpointError, FreqdError
+    from ..errors import CheckpointError
 
     out = []
     for r in rows:
@@ -252,6 +257,10 @@ def reevaluate(rows: List[dict], protocol: str) -> List[dict]:
             try:
                 res = Run(run_dir).evaluate("test", protocol=protocol)
             except CheckpointError as e:
+                if skip_missing:
+                    if skipped is not None:
+                        skipped.append(f"{r['label']}/s{r['seed']} ({run_dir.name})")
+                    continue
                 raise FreqdError(f"cannot re-evaluate {run_dir} under protocol '{protocol}' (no up-to-date "
                                  f"{cache.name} either): {e}") from None
             write_text(cache, json.dumps({"protocol": protocol, "selected_under": r["protocol"], **tag,
@@ -263,12 +272,23 @@ def reevaluate(rows: List[dict], protocol: str) -> List[dict]:
     return out
 
 
-def write_report(out_dir: Path, specs, eval_protocol: Optional[str] = None) -> dict:
+def write_report(out_dir: Path, specs, eval_protocol: Optional[str] = None, skip_missing: bool = False) -> dict:
+    """results.csv, table.md, efficiency.md and the plots; with ``eval_protocol`` (another
+    protocol than the runs were trained with) only table_<protocol>.md, where
+    ``skip_missing`` leaves out, and lists under the table, the runs that can no longer be
+    re-evaluated (no checkpoint, no up-to-date metrics_<protocol>.json)."""
     out_dir = Path(out_dir)
     rows = _rows(specs)
     if rows and eval_protocol and eval_protocol != rows[0]["protocol"]:
-        rows = reevaluate(rows, eval_protocol)
+        skipped: List[str] = []
+        rows = reevaluate(rows, eval_protocol, skip_missing=skip_missing, skipped=skipped)
+        if not rows:
+            raise FreqdError(f"no run can be re-evaluated under protocol '{eval_protocol}' (no checkpoints, "
+                             f"no metrics_{eval_protocol}.json): left out {len(skipped)} runs")
         table = make_table(rows)
+        if skipped:
+            table += (f"\nLeft out (neither a checkpoint nor an up-to-date metrics_{eval_protocol}.json): "
+                      + ", ".join(skipped) + ".\n")
         write_text(out_dir / f"table_{eval_protocol}.md", table)
         return {"table": table, "rows": rows}
     if not rows:
