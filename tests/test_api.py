@@ -58,6 +58,16 @@ def test_cli_train_eval_recommend(tmp_path, capsys):
                  "--resume", "--no-progress"]) == 0
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["epochs_run"] == 3
+    # ... but not once its checkpoint is gone (restored result files): refused, result kept
+    (tmp_path / "r" / "checkpoint.pt").unlink()
+    before = (tmp_path / "r" / "metrics.json").read_bytes()
+    hist = (tmp_path / "r" / "history.csv").read_bytes()
+    assert main(["train", "tiny", "--dim", "16", "--out", str(tmp_path / "r"), "--epochs", "5",
+                 "--resume", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "finished after 3 epochs" in err and "checkpoint.pt" in err and "another --out" in err
+    assert (tmp_path / "r" / "metrics.json").read_bytes() == before
+    assert (tmp_path / "r" / "history.csv").read_bytes() == hist
 
 
 def test_data_info_json(capsys):

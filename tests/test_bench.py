@@ -191,3 +191,38 @@ def test_paper_table_rebuilds_from_the_small_files(tmp_path, shared_data, monkey
         (s.out / "metrics_paper.json").unlink()
     with pytest.raises(FreqdError, match=r"no run can be re-evaluated under protocol 'paper'.*left out 3 runs"):
         write_report(out, specs, eval_protocol="paper", skip_missing=True)
+
+
+def test_seed_lists_and_runs_that_cannot_be_continued(tmp_path, shared_data, monkeypatch, caplog):
+    """--seeds takes N, a list or a range; a larger --epochs continues the runs that have a
+    checkpoint and keeps (with a warning, not from epoch 1) those whose checkpoint is gone."""
+    import json
+    import logging
+
+    from freqd.errors import ConfigError
+    from freqd.experiments import bench as bench_mod
+    from freqd.train.trainer import CKPT
+
+    assert bench_mod.seed_range(3) == [0, 1, 2] and bench_mod.seed_range("3") == [0, 1, 2]
+    assert bench_mod.seed_range("3,4") == [3, 4] and bench_mod.seed_range("1-3,7") == [1, 2, 3, 7]
+    for bad in ("0", "a", "3,3", "-1", "2-x", []):
+        with pytest.raises(ConfigError, match="--seeds"):
+            bench_mod.seed_range(bad)
+    monkeypatch.setenv("FREQD_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("FREQD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    two = {"train": {"epochs": 2, "progress": False}}
+    bench_mod.bench("tiny", methods=["fd"], seeds="1-2", out=out, jobs=1, overrides=two, report=False)
+    specs = bench_mod.plan_grid("tiny", "mf", ["fd"], "1-2", out, overrides=two)
+    assert [(s.label, s.seed) for s in specs] == [("teacher", 0), ("scratch", 1), ("fd", 1), ("scratch", 2), ("fd", 2)]
+    assert all(s.done for s in specs)
+    fd1, fd2 = (s for s in specs if s.label == "fd")
+    (fd1.out / CKPT).unlink()
+    kept = (fd1.out / "metrics.json").read_bytes()
+    three = {"train": {"epochs": 3, "progress": False}}
+    with caplog.at_level(logging.WARNING, logger="freqd"):
+        bench_mod.bench("tiny", methods=["fd"], seeds=[1, 2], out=out, jobs=1, overrides=three)
+    assert (fd1.out / "metrics.json").read_bytes() == kept
+    assert json.loads((fd2.out / "metrics.json").read_text())["epochs_run"] == 3
+    assert any("fd/s1 finished under a smaller budget and has no checkpoint" in r.getMessage() for r in caplog.records)
+    assert "fd 2–3 (" in (out / "table.md").read_text()  # the report shows the mixed budgets

@@ -283,6 +283,8 @@ OPTION_CASES = {
     "distill-unknown-method-key": (["distill", "tiny", "--teacher", "{tiny}", "--method", "kd",
                                     "--dim", "4", "--out", "run", "method.alpah=2"], ["method.alpah"]),
     "unknown-dataset": (["train", "no-such-data", "--dim", "4", "--out", "run"], ["no-such-data"]),
+    "bench-bad-seeds": (["bench", "tiny", "--methods", "fd", "--out", "run", "--seeds", "3,x"],
+                        ["'--seeds'", "3-4"]),
     "skip-missing-while-training": (["bench", "tiny", "--methods", "fd", "--out", "run", "--skip-missing"],
                                     ["'--skip-missing'", "--report-only --eval-protocol"]),
 }

@@ -187,6 +187,13 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
         if (run_dir / "metrics.json").exists() and not resume:
             raise FreqdError(f"{run_dir}: already holds a finished run (use --resume to reuse it, or another --out)")
         if (run_dir / "metrics.json").exists() and resume and extendable(old, Run(run_dir).metrics, cfg):
+            from .train.trainer import CKPT
+
+            if not (run_dir / CKPT).is_file():  # never restart a finished run from epoch 1 silently
+                n = Run(run_dir).metrics.get("epochs_run")
+                raise CheckpointError(f"{run_dir}: finished after {n} epochs; continuing it under the new budget "
+                                      f"needs its {CKPT}, which is gone (restored result files?). Keep it as it is "
+                                      f"(its own epoch cap), or train the larger budget in another --out")
             log.info("%s: stopped at its time limit; continuing under the new one", run_dir)
             (run_dir / "metrics.json").unlink()
         if (run_dir / "metrics.json").exists() and resume:

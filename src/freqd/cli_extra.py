@@ -13,7 +13,8 @@ def register_extra(sub) -> None:
     b.add_argument("--teacher-backbone", choices=["mf", "lightgcn", "simplex"], help="default: --backbone")
     b.add_argument("--teacher", help="use this finished teacher run instead of training one")
     b.add_argument("--methods", default="fd,freqd", help="comma-separated methods (default fd,freqd)")
-    b.add_argument("--seeds", type=int, default=1, help="students per method, seeds 0..N-1")
+    b.add_argument("--seeds", default="1",
+                   help="students per method: N (seeds 0..N-1), or a list / range of seeds (3,4 or 3-4)")
     b.add_argument("--out", required=True)
     b.add_argument("--protocol", choices=["standard", "paper"])
     b.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")

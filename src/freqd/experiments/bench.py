@@ -47,6 +47,14 @@ class RunSpec:
         except (ValueError, FreqdError):
             return False
 
+    @property
+    def stuck(self) -> bool:
+        """A finished run that the larger budget would continue, but whose checkpoint is gone
+        (e.g. restored from committed result files): it stays as it is."""
+        from ..train.trainer import CKPT
+
+        return (self.out / "metrics.json").is_file() and not self.done and not (self.out / CKPT).is_file()
+
 
 def config_hash(cfg: dict) -> str:
     """Hash of a resolved config, ignoring settings that do not change results."""
@@ -85,6 +93,31 @@ def parse_method(item: str) -> tuple:
     return name.strip(), over
 
 
+def seed_range(seeds) -> List[int]:
+    """``--seeds``: N (seeds 0..N-1), or a list / range of seeds: ``"3,4"``, ``"3-4"``, ``[3, 4]``."""
+    if isinstance(seeds, str):
+        out: List[int] = []
+        try:
+            if seeds.strip().isdigit():
+                out = list(range(int(seeds)))
+            else:
+                for part in seeds.split(","):
+                    lo, _, hi = part.strip().partition("-")
+                    out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise ConfigError(f"option '--seeds': expected N (seeds 0..N-1), a list such as 3,4 or a range "
+                              f"such as 3-4, got {seeds!r}") from None
+    elif isinstance(seeds, int):
+        out = list(range(seeds))
+    else:
+        out = [int(x) for x in seeds]
+    if not out:
+        raise ConfigError(f"option '--seeds': no seed in {seeds!r} (N must be >= 1)")
+    if min(out) < 0 or len(set(out)) != len(out):
+        raise ConfigError(f"option '--seeds': seeds must be distinct and >= 0, got {seeds!r}")
+    return out
+
+
 def plan_grid(
     dataset: str,
     backbone: str,
@@ -105,8 +138,7 @@ def plan_grid(
     from ..runs import resolve_config
 
     check_methods(methods)
-    if seeds < 1:
-        raise ConfigError(f"option '--seeds': must be >= 1, got {seeds}")
+    seed_list = seed_range(seeds)
     tb = teacher_backbone or backbone
     common = _merge_over({"train": {"protocol": protocol}} if protocol else None,
                          {"data_dir": data_dir} if data_dir else None, overrides)
@@ -125,7 +157,7 @@ def plan_grid(
                               overrides=_merge_over(common, teacher_overrides, {"train": {"seed": teacher_seed}}))
         tdir = runs_dir / f"teacher-{tb}-d{tcfg['model']['dim']}-{config_hash(tcfg)}"
         specs.append(RunSpec("teacher", "train", teacher_seed, tcfg, tdir))
-    for seed in range(seeds):
+    for seed in seed_list:
         over = _merge_over(common, {"train": {"seed": seed}})
         if scratch:
             scfg = resolve_config("train", dataset, backbone=backbone, role="student", overrides=over)
@@ -207,12 +239,19 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
     teacher = [s for s in specs if s.label == "teacher"]
     rest = [s for s in specs if s.label != "teacher"]
     elsewhere: List[str] = []
+    kept: List[str] = []
     for batch in ([teacher, rest] if teacher else [rest]):
         if batch is teacher:
             _wait_for_teacher(teacher)
         # another bench (or freqd train/distill) over the same folder is training these:
         # leave them to it (two benches over one grid share its runs)
         todo = [s for s in batch if not s.done]
+        for s in [s for s in todo if s.stuck]:
+            log.warning("bench: %s/s%d finished under a smaller budget and has no checkpoint to continue from: "
+                        "kept as it is (%s)", s.label, s.seed, s.out)
+            kept.append(f"{s.label}/s{s.seed}")
+            todo.remove(s)
+            done += 1
         for s in [s for s in todo if held_elsewhere(s.out)]:
             log.info("bench: %s/s%d is being trained by another process; left to it", s.label, s.seed)
             elsewhere.append(f"{s.label}/s{s.seed}")
@@ -254,6 +293,8 @@ def run_grid(specs: List[RunSpec], jobs: int = 1, progress: bool = True) -> None
                         prog.line(done, [f"{r.label}/s{r.seed}" for r in running.values()])
         if failed:
             raise FreqdError("bench runs failed: " + "; ".join(failed))
+    if kept:
+        prog.line(done, [], "(kept at their earlier budget, no checkpoint to continue from: " + ", ".join(kept) + ")")
     if elsewhere:
         prog.line(done, [], "(this process is done; still running in another process: " + ", ".join(elsewhere) + ")")
     else:
