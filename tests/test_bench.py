@@ -226,3 +226,26 @@ def test_seed_lists_and_runs_that_cannot_be_continued(tmp_path, shared_data, mon
     assert json.loads((fd2.out / "metrics.json").read_text())["epochs_run"] == 3
     assert any("fd/s1 finished under a smaller budget and has no checkpoint" in r.getMessage() for r in caplog.records)
     assert "fd 2–3 (" in (out / "table.md").read_text()  # the report shows the mixed budgets
+
+
+def test_mean_curves_average_seeds_over_their_shared_epochs(tmp_path):
+    """curves.png plots, per method, the mean over seeds at the epochs every seed evaluated."""
+    from freqd.experiments.bench import RunSpec
+    from freqd.experiments.report import mean_curves
+
+    def run(name, label, seed, rows):
+        d = tmp_path / name
+        d.mkdir()
+        lines = ["epoch,train_seconds,valid_ndcg@10"] + [f"{e},1.0,{v}" for e, v in rows]
+        (d / "history.csv").write_text("\n".join(lines) + "\n")
+        return RunSpec(label, "distill", seed, {}, d)
+
+    specs = [run("a0", "a", 0, [(1, 0.1), (2, 0.2), (3, 0.3)]),
+             run("a1", "a", 1, [(1, 0.3), (2, 0.4)]),          # stopped after epoch 2
+             run("b0", "b", 0, [(1, ""), (2, 0.5)]),           # epoch 1 not evaluated
+             RunSpec("c", "distill", 0, {}, tmp_path / "none")]  # no history yet
+    c = mean_curves(specs)
+    assert set(c) == {"a", "b"}
+    xs, ys, n = c["a"]
+    assert xs == [1, 2] and ys == pytest.approx([0.2, 0.3]) and n == 2
+    assert c["b"][:2] == ([2], [0.5]) and c["b"][2] == 1

@@ -175,6 +175,26 @@ def make_efficiency(rows: List[dict], specs) -> str:
     return out.getvalue()
 
 
+def mean_curves(specs, metric: str = "valid_ndcg@10") -> Dict[str, tuple]:
+    """Per label: (epochs, mean of ``metric`` over the label's seeds, number of seeds), over
+    the epochs every one of those seeds evaluated (a run that stopped earlier shortens its
+    label's curve, so that no point mixes seeds)."""
+    per: Dict[str, List[Dict[int, float]]] = {}
+    for s in specs:
+        h = s.out / "history.csv"
+        if not h.is_file():
+            continue
+        with h.open(newline="") as f:
+            vals = {int(r["epoch"]): float(r[metric]) for r in csv.DictReader(f) if r.get(metric)}
+        if vals:
+            per.setdefault(s.label, []).append(vals)
+    out: Dict[str, tuple] = {}
+    for lab, runs in per.items():
+        epochs = sorted(set.intersection(*(set(v) for v in runs)))
+        out[lab] = (epochs, [sum(v[e] for v in runs) / len(runs) for e in epochs], len(runs))
+    return out
+
+
 def write_plots(out_dir: Path, rows: List[dict], specs) -> List[Path]:
     try:
         import matplotlib
@@ -205,18 +225,20 @@ def write_plots(out_dir: Path, rows: List[dict], specs) -> List[Path]:
     fig.savefig(p, dpi=120)
     plt.close(fig)
     paths.append(p)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for s in specs:
-        h = s.out / "history.csv"
-        if not h.is_file() or s.seed != min(x.seed for x in specs if x.label == s.label):
-            continue
-        rd = list(csv.DictReader(h.open()))
-        xs = [int(r["epoch"]) for r in rd if r.get("valid_ndcg@10")]
-        ys = [float(r["valid_ndcg@10"]) for r in rd if r.get("valid_ndcg@10")]
-        ax.plot(xs, ys, label=s.label, lw=1.2)
+    curves = mean_curves(specs)
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    cmap = plt.get_cmap("tab20")
+    styles = ["-", "--", "-.", ":"]
+    for i, (lab, (xs, ys, n)) in enumerate(curves.items()):
+        if lab in ("teacher", "scratch"):
+            kw = {"color": "black" if lab == "teacher" else "0.5", "ls": "--", "lw": 1.2}
+        else:
+            kw = {"color": cmap(i % 20), "ls": styles[(i // 20 + i) % len(styles)] if not lab.startswith("freqd") else "-",
+                  "lw": 2.0 if lab.startswith("freqd") else 1.1}
+        ax.plot(xs, ys, label=f"{lab} (n={n})", **kw)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("valid NDCG@10")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("valid NDCG@10 (mean over seeds)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     p = out_dir / "curves.png"
     fig.savefig(p, dpi=120)
