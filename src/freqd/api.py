@@ -230,7 +230,7 @@ def _run(cfg: dict, out: Optional[Union[str, Path]], dataset, resume: bool, teac
             log.info("%s %s on %s (%d users, %d items): %s", cfg["kind"], cfg["backbone"], cfg["dataset"],
                      ds.n_users, ds.n_items, run_dir)
             trainer = Trainer(model, ds, train_cfg, out_dir=run_dir, distiller=distiller,
-                              kd_weight=weight, extra_metrics=extra)
+                              kd_weight=weight, extra_metrics=extra, run_config=cfg)
             trainer.fit(resume=resume)
         except Exception:
             if handler is not None:

@@ -32,6 +32,9 @@ class TrainConfig:
     #: after every evaluation, unless one write takes over 0.5 s (a large model); then at
     #: most one write per 10 write-durations, so that writes stay under ~10% of the run.
     #: The state is always written when the run stops.
+    loggers: Tuple[Literal["tensorboard", "mlflow"], ...] = ()
+    #: experiment trackers that also get every epoch's numbers (freqd.train.loggers;
+    #: e.g. train.loggers=tensorboard,mlflow). Changes no number a run computes.
     keep_freed_memory: bool = True
     #: CPU: keep freed memory in the process heap instead of returning every large block to
     #: the system (glibc mallopt; measured: FreqD step 1.6x, BPR-MF 400 step 2.2x faster, peak

@@ -106,6 +106,7 @@ class Trainer:
         kd_weight: float = 0.0,
         extra_metrics: Optional[dict] = None,
         on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+        run_config: Optional[dict] = None,
     ):
         self.cfg = cfg
         self.dataset = dataset
@@ -124,6 +125,12 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.extra_metrics = extra_metrics or {}
         self.on_epoch_end = on_epoch_end
+        self.run_config = run_config  # the resolved config, for the trackers' parameters
+        # trackers (train.loggers): rank 0 of a run with a directory; a missing package is
+        # refused here, before any training
+        from .loggers import build_loggers
+
+        self.loggers = build_loggers(cfg.loggers) if cfg.loggers and self.out_dir is not None and self.dist.is_main else []
         params = list(self.model.parameters())
         if distiller is not None:
             params += [p for p in distiller.parameters() if p.requires_grad]
@@ -322,6 +329,29 @@ class Trainer:
         self.model.train()
         if self.distiller is not None:
             self.distiller.train()
+        for lg in self.loggers:
+            lg.start(self.out_dir, self.run_config, self.epoch)
+        try:
+            metrics = self._fit_epochs()
+        except BaseException:
+            self._close_loggers(failed=True)
+            raise
+        self._close_loggers()
+        return metrics
+
+    def _close_loggers(self, failed: bool = False) -> None:
+        for lg in self.loggers:
+            try:
+                lg.close(failed=failed)
+            except Exception as e:  # a tracker failing to close must not hide the run's outcome
+                log.warning("logger %s: close failed: %s", lg.name, e)
+
+    def _log_epoch(self, row: dict) -> None:
+        for lg in self.loggers:
+            lg.log_epoch(row["epoch"], row)
+
+    def _fit_epochs(self) -> dict:
+        cfg = self.cfg
         n_batches = self.sampler.n_batches
         while self.epoch < cfg.epochs and not self._should_stop():
             epoch = self.epoch + 1
@@ -369,6 +399,7 @@ class Trainer:
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(epoch, row)
                 self.history.rows.append(row)
+                self._log_epoch(row)
                 self.save_checkpoint(force=False)
                 self._write_history()
                 log.info("epoch %d  loss %.4f  valid %s %.5f  best %.5f@%d  (%.1fs train, %.1fs eval)",
@@ -376,6 +407,7 @@ class Trainer:
                          self.best["valid"][cfg.monitor], self.best["epoch"], dt, self.eval_seconds[-1])
             else:
                 self.history.rows.append(row)
+                self._log_epoch(row)  # (no loggers on ranks > 0)
                 log.info("epoch %d  loss %.4f  (%.1fs)", epoch, row["loss"], dt)
             if self.dist.active:  # rank 0's early-stopping counter and clock: every rank stops together
                 self.bad_evals, self.train_seconds, self.eval_seconds, self.io_seconds = self.dist.broadcast_object(
@@ -462,6 +494,8 @@ class Trainer:
         metrics.update(self.extra_metrics)
         if self.out_dir is not None:
             write_json(self.out_dir / "metrics.json", metrics)
+            for lg in self.loggers:
+                lg.finish(metrics)
             if self.cfg.save_every:
                 torch_save({"model": self.model.state_dict(), "epoch": self.best["epoch"]},
                            self.out_dir / "trajectory" / "best.pt")
