@@ -47,7 +47,7 @@ _SEP_ALIASES = {"\\t": "\t", "tab": "\t", "comma": ",", "space": " ", "semicolon
 class DataConfig:
     """How to read and preprocess interaction data (``data.*`` options)."""
 
-    format: Literal["auto", "users.dat", "lightgcn", "csv", "tsv", "inter", "split"] = "auto"
+    format: Literal["auto", "users.dat", "lightgcn", "csv", "tsv", "inter", "parquet", "split"] = "auto"
     """File format; ``auto`` guesses from the name and the first lines."""
     sep: Optional[str] = None  # noqa: UP045 (evaluated at runtime on 3.9)
     """Field separator for csv/tsv/inter (one character, or tab/comma/space); None = sniff."""
@@ -81,7 +81,7 @@ class DataConfig:
     """Cache the parsed dataset as .npz in the user cache (keyed by the files' sha256)."""
 
     def __post_init__(self) -> None:
-        fmts = ("auto", "users.dat", "lightgcn", "csv", "tsv", "inter", "split")
+        fmts = ("auto", "users.dat", "lightgcn", "csv", "tsv", "inter", "parquet", "split")
         check(self.format in fmts, "format", f"{self.format!r} is not one of {list(fmts)}")
         if self.sep is not None:
             check(isinstance(self.sep, str), "sep", "expected a string")
@@ -125,6 +125,9 @@ class DataConfig:
                   f"format {self.format} has no ratings")
             check(self.split_order != "timestamp", "split_order",
                   f"format {self.format} has no timestamps")
+        if self.format == "parquet":
+            check(self.sep is None, "sep", "does not apply to format=parquet (a Parquet file has typed columns)")
+            check(self.header, "header", "does not apply to format=parquet (its columns are always named)")
         if self.format == "split":
             changed = _changed_options(self, _SPLIT_IGNORED)
             check(not changed, changed[0] if changed else "format",
@@ -254,7 +257,7 @@ def _split_defaults() -> dict:
 
 
 # -- paths ----------------------------------------------------------------------------------
-_TABLE_EXT = {".csv": "csv", ".tsv": "tsv", ".inter": "inter"}
+_TABLE_EXT = {".csv": "csv", ".tsv": "tsv", ".inter": "inter", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def _strip_gz(name: str) -> str:
@@ -320,6 +323,8 @@ def detect_format(path: Path) -> str:
         if name.endswith(ext):
             return fmt
     data = read_head(path, 1 << 20)
+    if data[:4] == b"PAR1":  # Parquet's magic bytes
+        return "parquet"
     if not data.strip():
         read_bytes(path)  # raises the "file is empty" / binary error with the file name
     if _looks_like_header(data):
@@ -357,7 +362,7 @@ def _source_files(path: Path, fmt: str) -> list:
 def _load_path(path: Path, cfg: DataConfig) -> Dataset:
     fmt = cfg.format if cfg.format != "auto" else detect_format(path)
     name = _strip_gz(path.name)
-    for ext in (".txt", ".dat", ".csv", ".tsv", ".inter"):
+    for ext in (".txt", ".dat", ".csv", ".tsv", ".inter", ".parquet", ".pq"):
         if name.endswith(ext) and len(name) > len(ext):
             name = name[: -len(ext)]
     if fmt == "split":
@@ -402,12 +407,39 @@ def _warn_overlap(ds: Dataset, folder: Path) -> None:
                           stacklevel=3)
 
 
+def _wanted_cols(cfg: DataConfig) -> tuple:
+    """(rating column, timestamp column) to read: the named ones, or the default names when
+    rating_threshold / split_order=timestamp need them; None = not read."""
+    rating_col = cfg.rating_col
+    if rating_col is None and cfg.rating_threshold is not None:
+        rating_col = "rating"
+    ts_col = cfg.timestamp_col
+    if ts_col is None and cfg.split_order == "timestamp":
+        ts_col = "timestamp"
+    return rating_col, ts_col
+
+
+def _col_options(cfg: DataConfig) -> dict:
+    """The option names that messages about the rating / timestamp columns quote."""
+    return {
+        "rating": "rating_col" + ("" if cfg.rating_col else " (needed by rating_threshold)"),
+        "timestamp": "timestamp_col" + ("" if cfg.timestamp_col else " (needed by split_order=timestamp)"),
+    }
+
+
 def _read_raw(files: list, fmt: str, cfg: DataConfig, spec=None):
     from .readers import RawInteractions, read_bytes, read_lightgcn, read_table, read_users_dat
     from .registry import sha256_bytes
 
     parts = []
     for k, f in enumerate(files):
+        if fmt == "parquet":  # binary: pandas reads the file itself
+            from .readers import read_parquet
+
+            rc, tc = _wanted_cols(cfg)
+            parts.append(read_parquet(f, user_col=cfg.user_col, item_col=cfg.item_col, rating_col=rc,
+                                      timestamp_col=tc, options=_col_options(cfg)))
+            continue
         data = read_bytes(f)
         if spec is not None and k < len(spec.raw):
             got = sha256_bytes(data)
@@ -422,23 +454,12 @@ def _read_raw(files: list, fmt: str, cfg: DataConfig, spec=None):
         elif fmt == "lightgcn":
             parts.append(read_lightgcn(f, data=data))
         else:
-            rating_col = cfg.rating_col
-            if rating_col is None and cfg.rating_threshold is not None:
-                rating_col = "rating"
-            ts_col = cfg.timestamp_col
-            if ts_col is None and cfg.split_order == "timestamp":
-                ts_col = "timestamp"
+            rating_col, ts_col = _wanted_cols(cfg)
             sep = cfg.sep if cfg.sep is not None else ("\t" if fmt == "tsv" else None)
-            opts = {
-                "rating": "rating_col" + ("" if cfg.rating_col else
-                                          " (needed by rating_threshold)"),
-                "timestamp": "timestamp_col" + ("" if cfg.timestamp_col else
-                                                " (needed by split_order=timestamp)"),
-            }
             parts.append(read_table(f, sep=sep, header=cfg.header, user_col=cfg.user_col,
                                     item_col=cfg.item_col, rating_col=rating_col,
                                     timestamp_col=ts_col, inter=fmt == "inter",
-                                    options=opts, data=data))
+                                    options=_col_options(cfg), data=data))
     if len(parts) == 1:
         return parts[0]
     return RawInteractions(

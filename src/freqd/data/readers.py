@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "RawInteractions",
@@ -37,6 +37,7 @@ __all__ = [
     "read_bytes",
     "read_lightgcn",
     "read_split_folder",
+    "read_parquet",
     "read_table",
     "read_users_dat",
     "split_files",
@@ -499,6 +500,96 @@ def read_table(
     if timestamp_col is not None:
         c = _resolve_col(names, timestamp_col, opt["timestamp"], "timestamp", p, sep)
         timestamps = _parse_times(column(c), names[c], p, line_of)
+    return RawInteractions(users, items, p, ratings, timestamps, user_ids, item_ids)
+
+
+def read_parquet(
+    path: str | os.PathLike,
+    *,
+    user_col: str = "user",
+    item_col: str = "item",
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    options: dict | None = None,
+) -> RawInteractions:
+    """A Parquet table of interactions, through pandas (``pip install 'freqd[parquet]'``).
+
+    Columns are found as in :func:`read_table` (the default names also match ``user_id``
+    and the like); ids of any type are tokens, re-indexed like CSV ids (integer-looking ids
+    in numeric order). Only the needed columns are read. A missing id, a non-finite rating
+    or an unreadable timestamp is an error naming the file and the row (1-based)."""
+    p = str(path)
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ConfigError("option 'format': parquet files are read with pandas and pyarrow; "
+                          "install them with: pip install 'freqd[parquet]'") from None
+    opt = {"user": "user_col", "item": "item_col", "rating": "rating_col", "timestamp": "timestamp_col"}
+    opt.update(options or {})
+    try:
+        import pyarrow.parquet as pq
+
+        names = list(pq.read_schema(p).names)
+    except ImportError:
+        raise ConfigError("option 'format': parquet files need pyarrow; "
+                          "install it with: pip install 'freqd[parquet]'") from None
+    except OSError as e:
+        raise DataError(f"cannot read as Parquet: {e}", p) from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for a bad file
+        raise DataError(f"not a readable Parquet file ({type(e).__name__}: {e})", p) from None
+    want = [("user", user_col), ("item", item_col), ("rating", rating_col), ("timestamp", timestamp_col)]
+    cols = {role: names[_resolve_col(names, c, opt[role], role, p)] for role, c in want if c is not None}
+    if cols["user"] == cols["item"]:
+        raise DataError(f"user and item columns are both {cols['user']!r}", p)
+    try:
+        df = pd.read_parquet(p, columns=list(dict.fromkeys(cols.values())))
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"not a readable Parquet file ({type(e).__name__}: {e})", p) from None
+    if len(df) == 0:
+        raise DataError("no interactions in file (no rows)", p)
+
+    def row_error(msg: str, k: int) -> DataError:
+        return DataError(f"row {k + 1}: {msg}", p)
+
+    ids = []
+    for role in ("user", "item"):
+        col = df[cols[role]]
+        miss = np.flatnonzero(col.isna().to_numpy())
+        if len(miss):
+            raise row_error(f"missing id in column {cols[role]!r}", int(miss[0]))
+        vals = col.astype(str).str.strip().tolist()
+        if "" in vals:
+            raise row_error(f"empty id in column {cols[role]!r}", vals.index(""))
+        ids.append(_factorize_sorted(vals))
+    (users, user_ids), (items, item_ids) = ids
+    ratings = timestamps = None
+    if "rating" in cols:
+        c = cols["rating"]
+        r = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(r))
+        if len(bad):
+            raise row_error(f"column {c!r}: {df[c].iloc[int(bad[0])]!r} is not a finite number", int(bad[0]))
+        ratings = r
+    if "timestamp" in cols:
+        c = cols["timestamp"]
+        col = df[c]
+        if pd.api.types.is_datetime64_any_dtype(col):
+            miss = np.flatnonzero(col.isna().to_numpy())
+            if len(miss):
+                raise row_error(f"column {c!r}: missing timestamp", int(miss[0]))
+            timestamps = col.to_numpy(dtype="datetime64[ns]").astype(np.int64) / 1e9
+        elif pd.api.types.is_numeric_dtype(col):
+            timestamps = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            bad = np.flatnonzero(~np.isfinite(timestamps))
+            if len(bad):
+                raise row_error(f"column {c!r}: {col.iloc[int(bad[0])]!r} is not a finite number", int(bad[0]))
+        else:
+            def line_of(k: int) -> int:
+                return k + 1
+            try:
+                timestamps = _parse_times(col.astype(str).tolist(), c, p, line_of)
+            except DataError as e:  # the CSV parser says "line"; a Parquet file has rows
+                raise DataError(str(e).replace(", line ", ", row "), None) from None
     return RawInteractions(users, items, p, ratings, timestamps, user_ids, item_ids)
 
 
