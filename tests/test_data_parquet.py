@@ -71,7 +71,7 @@ def test_bad_parquet_input(tmp_path, capsys):
     df = _frame(2, n=50)
     f = tmp_path / "d.parquet"
     df.to_parquet(f, index=False)
-    with pytest.raises(DataError, match=r"d\.parquet.*no column 'stars' \(option rating_col\)"):
+    with pytest.raises(DataError, match=r"d\.parquet: no column 'stars' \(option rating_col\)"):
         load_dataset(f, rating_col="stars")
     bad = df.copy()
     bad.loc[7, "user_id"] = None

@@ -538,7 +538,10 @@ def read_parquet(
     except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for a bad file
         raise DataError(f"not a readable Parquet file ({type(e).__name__}: {e})", p) from None
     want = [("user", user_col), ("item", item_col), ("rating", rating_col), ("timestamp", timestamp_col)]
-    cols = {role: names[_resolve_col(names, c, opt[role], role, p)] for role, c in want if c is not None}
+    try:
+        cols = {role: names[_resolve_col(names, c, opt[role], role, p)] for role, c in want if c is not None}
+    except DataError as e:  # a Parquet file has no header line to point at
+        raise DataError(str(e).removeprefix(f"{p}, line 1: "), p) from None
     if cols["user"] == cols["item"]:
         raise DataError(f"user and item columns are both {cols['user']!r}", p)
     try:
