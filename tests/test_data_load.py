@@ -66,7 +66,7 @@ def test_config_defaults_and_normalisation():
         ({"kcore_user": -1}, "kcore_user"),
         ({"kcore_item": 2.5}, "kcore_item"),
         ({"sep": "ab"}, "sep"),
-        ({"format": "parquet"}, "format"),
+        ({"format": "feather"}, "format"),
         ({"split_order": "time"}, "split_order"),
         ({"user_col": "x", "item_col": "x"}, "item_col"),
         ({"format": "split", "kcore_user": 5}, "kcore_user"),
