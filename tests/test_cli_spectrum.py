@@ -61,3 +61,37 @@ def test_spectrum_refuses_a_method_without_a_projector(runs):
     assert main(["spectrum", "--teacher", str(root / "teacher"), "--student", str(root / "kd"),
                  "--out", str(root / "nope")]) == 2
     assert not (root / "nope").exists()
+
+
+def test_normalized_residual_is_the_cosine_gap_and_ignores_the_projector_scale(runs):
+    """--residual normalized: rows of X (differences of unit vectors) have norm <= 2, X does not change
+    when the projector's output is scaled (the raw residual does), and Parseval still holds."""
+    import torch
+
+    from freqd.experiments.spectrum import load_distiller
+
+    root, _ = runs
+    teacher = api.Run(root / "teacher")
+    for m in ("freqd", "fitnet"):
+        _, dist = load_distiller(root / m, teacher, teacher.dataset)
+        with torch.no_grad():
+            raw = dist.residuals()["user"]
+            nrm = dist.residuals(normalize=True)["user"]
+            last = [p for n, p in dist.named_parameters() if n.endswith(("w2", "b2"))]  # P -> 3 P
+            assert last
+            for p in last:
+                p.mul_(3.0)
+            raw3 = dist.residuals()["user"]
+            nrm3 = dist.residuals(normalize=True)["user"]
+        assert not torch.allclose(raw, raw3)
+        torch.testing.assert_close(nrm, nrm3, rtol=1e-5, atol=1e-6)
+        assert float(nrm.norm(dim=1).max()) <= 2.0 + 1e-6
+    out = root / "spec_norm"
+    assert main(["spectrum", "--teacher", str(root / "teacher"), "--student", str(root / "fd"),
+                 "--student", str(root / "freqd"), "--residual", "normalized", "--bands", "4",
+                 "--out", str(out)]) == 0
+    summary = list(csv.DictReader((out / "summary_user.csv").open()))
+    assert [s["residual"] for s in summary] == ["normalized", "normalized"]
+    for s in summary:
+        assert float(s["sum_per_frequency"]) == pytest.approx(float(s["total_mse"]), rel=1e-6)
+        assert 0.0 < float(s["lowest_band_share"]) <= 1.0

@@ -54,6 +54,9 @@ def register_extra(sub) -> None:
     s.add_argument("--k", type=int, default=None)
     s.add_argument("--max-dense", type=int, default=30000, help="exact eigendecomposition up to this many nodes")
     s.add_argument("--partial", type=int, default=200, help="above --max-dense: lowest and highest M eigenpairs")
+    s.add_argument("--residual", choices=["raw", "normalized"], default="raw",
+                   help="raw: P(S) - T; normalized: P(S)/||P(S)|| - T/||T|| per row (the scale a cosine loss "
+                        "leaves free removed; its squared norm is 2 - 2 cos per row)")
     s.add_argument("--out", required=True)
 
 

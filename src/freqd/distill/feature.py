@@ -49,6 +49,7 @@ __all__ = [
     "VkD",
     "VkDConfig",
     "batch_entities",
+    "residual",
     "segment_loss",
     "sq_error_sum",
 ]
@@ -56,6 +57,15 @@ __all__ = [
 Layer = Literal["embedding", "final"]
 #: one part of the loss: (side "user"/"item", entity ids, weight of the part)
 Segment = tuple[str, Tensor, float]
+
+
+def residual(ps: Tensor, t: Tensor, normalize: bool = False) -> Tensor:
+    """``P(S) - T``; with ``normalize`` of the rows scaled to unit length (zero rows stay
+    zero), so that ``||row||^2 = 2 - 2 cos(P(S), T)``: what a cosine loss sees."""
+    if normalize:
+        ps = F.normalize(ps, dim=-1)
+        t = F.normalize(t, dim=-1)
+    return ps - t
 
 
 # -- configs ----------------------------------------------------------------------------
@@ -257,16 +267,17 @@ class FitNet(_FeatureDistiller):
             self.projector_i = ExpertProjector(ds, dt, cfg.n_experts, h, cfg.dropout)
 
     @torch.no_grad()
-    def residuals(self, student_reps=None) -> dict[str, Tensor]:
+    def residuals(self, student_reps=None, normalize: bool = False) -> dict[str, Tensor]:
         """``P(S) - T`` over every user and every item (projectors in eval mode, no dropout;
-        for ``freqd spectrum``)."""
+        for ``freqd spectrum``); ``normalize``: of the row-normalised P(S) and T."""
         was = self.training
         self.eval()
         try:
             if student_reps is None and self.cfg.student_layer == "final":
                 student_reps = self.student.propagate()
             s, t = self.tables(student_reps)
-            return {"user": self.projector_u(s[0]) - t[0], "item": self.projector_i(s[1]) - t[1]}
+            return {"user": residual(self.projector_u(s[0]), t[0], normalize),
+                    "item": residual(self.projector_i(s[1]), t[1], normalize)}
         finally:
             self.train(was)
 

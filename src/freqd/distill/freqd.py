@@ -28,6 +28,7 @@ from torch import Tensor
 from ..config import check
 from ..errors import ConfigError
 from .base import Distiller, MethodConfig
+from .feature import residual
 
 log = logging.getLogger("freqd")
 
@@ -261,8 +262,9 @@ class FreqD(Distiller):
 
     # -- analysis -----------------------------------------------------------------------------
     @torch.no_grad()
-    def residuals(self, student_reps=None) -> Dict[str, Tensor]:
-        """P(S) - T over every node of each side (projector in eval mode, no dropout)."""
+    def residuals(self, student_reps=None, normalize: bool = False) -> Dict[str, Tensor]:
+        """P(S) - T over every node of each side (projector in eval mode, no dropout);
+        ``normalize``: of the row-normalised P(S) and T (see :func:`feature.residual`)."""
         was = self.training
         self.eval()
         try:
@@ -272,7 +274,7 @@ class FreqD(Distiller):
                 n = self._op("user" if side != "item" else "item").n
                 nodes = torch.arange(n, device=self.proj_user.bank.w1.device)
                 xs, xt = self._node_features("user" if side == "bipartite" else side, nodes, student_reps, project=True)
-                out[side] = xs - xt
+                out[side] = residual(xs, xt, normalize)
             return out
         finally:
             self.train(was)

@@ -5,6 +5,11 @@ mode), its per-frequency loss ||u_kᵀ X||² over the eigenvectors of the side's
 Laplacian, grouped in bands of equal count, the filter's weights h(λ)², and the Rayleigh
 quotient tr(XᵀLX)/tr(XᵀX). With the full spectrum the per-frequency losses add up to
 ||X||²_F (Parseval): the command prints that check.
+
+``--residual normalized`` analyses X = P(S)/||P(S)|| - T/||T|| (rows scaled to unit
+length) instead: a cosine loss (FreqD's and fd's default) leaves the scale of P(S) free,
+so the raw residual of such a student includes a scale mismatch the loss never saw; the
+normalised one has ||x_u||² = 2 - 2 cos(P(S)_u, T_u), the quantity the loss reduces.
 """
 from __future__ import annotations
 
@@ -77,19 +82,21 @@ def cmd_spectrum(a) -> int:
                               n_low=a.partial, n_high=a.partial)
     lam = np.asarray(spec.lambdas, dtype=np.float64)
     L = laplacian(A_hat)
+    norm = getattr(a, "residual", "raw") == "normalized"
+    what = "||P(S)/|P(S)| - T/|T| ||^2" if norm else "||P(S) - T||^2"
     per_student = {}
     for label, name, dist in students:
         with torch.no_grad():
-            X = dist.residuals()["user" if a.side == "user" else "item"].cpu().double().numpy()
+            X = dist.residuals(normalize=norm)["user" if a.side == "user" else "item"].cpu().double().numpy()
         per = np.asarray(per_frequency_loss(spec.U, X), dtype=np.float64)
         total = float((X ** 2).sum())
         rq = float(rayleigh_quotient(L, X))
         per_student[label] = (per, rq, total)
         if exact:
-            print(f"{label} ({name}): sum of per-frequency losses {per.sum():.6g} = ||P(S) - T||^2 {total:.6g} "
+            print(f"{label} ({name}): sum of per-frequency losses {per.sum():.6g} = {what} {total:.6g} "
                   f"(relative difference {abs(per.sum() - total) / max(total, 1e-30):.1e}); Rayleigh quotient {rq:.4f}")
         else:
-            print(f"{label} ({name}): partial spectrum covers {per.sum() / max(total, 1e-30):.1%} of ||P(S) - T||^2; "
+            print(f"{label} ({name}): partial spectrum covers {per.sum() / max(total, 1e-30):.1%} of {what}; "
                   f"Rayleigh quotient {rq:.4f}")
     # h(λ)² of each student's filter (1 everywhere for FitNet and fd: every frequency weighted equally)
     h2s = {lab: (np.asarray(d.filt.weights(lam)) if hasattr(d, "filt") else 1.0) * np.ones_like(lam)
@@ -116,13 +123,15 @@ def cmd_spectrum(a) -> int:
                    + [f"{_band_values(per_student[lab][3])[i]:.6g}" for lab in labels])
     write_text(out / f"spectrum_{a.side}.csv", buf.getvalue())
     summary = io.StringIO()
-    summary.write("student,method,rayleigh_quotient,total_mse,sum_per_frequency,exact\n")
+    summary.write("student,method,residual,rayleigh_quotient,total_mse,sum_per_frequency,lowest_band_share,exact\n")
     for label, name, _ in students:
-        per, rq, total, _ = per_student[label]
-        summary.write(f"{label},{name},{rq:.6f},{total:.6g},{per.sum():.6g},{exact}\n")
+        per, rq, total, b = per_student[label]
+        low = _band_values(b)[0] / max(per.sum(), 1e-30)
+        summary.write(f"{label},{name},{'normalized' if norm else 'raw'},{rq:.6f},{total:.6g},{per.sum():.6g},"
+                      f"{low:.6f},{exact}\n")
     write_text(out / f"summary_{a.side}.csv", summary.getvalue())
     _plot(out / f"spectrum_{a.side}.png", lo, hi, labels, [_band_values(per_student[lab][3]) for lab in labels],
-          lam, h2s, a.side, graph)
+          lam, h2s, a.side, graph, norm)
     print(f"wrote {out}/spectrum_{a.side}.csv, summary_{a.side}.csv, spectrum_{a.side}.png")
     return 0
 
@@ -145,7 +154,7 @@ def _band_counts(bands):
     return list(getattr(bands, "count", [0] * len(bands.lo)))
 
 
-def _plot(path: Path, lo, hi, labels, values, lam, h2s, side, graph) -> None:
+def _plot(path: Path, lo, hi, labels, values, lam, h2s, side, graph, normalized=False) -> None:
     try:
         import matplotlib
 
@@ -159,9 +168,11 @@ def _plot(path: Path, lo, hi, labels, values, lam, h2s, side, graph) -> None:
     for j, (lab, v) in enumerate(zip(labels, values)):
         ax1.bar(x + j * wdt, v, width=wdt, label=lab)
     ax1.set_xticks(x + 0.4 - wdt / 2)
-    ax1.set_xticklabels([f"{a_:.2f}" for a_ in lo], rotation=60, fontsize=7)
+    # eigenvalues of a Laplacian are >= 0: clamp float round-off (-1e-16 would print "-0.00")
+    ax1.set_xticklabels([f"{max(a_, 0.0):.2f}" for a_ in lo], rotation=60, fontsize=7)
     ax1.set_xlabel("band (lowest eigenvalue λ in band)")
-    ax1.set_ylabel("||u_kᵀ(P(S) - T)||² summed in band")
+    ax1.set_ylabel("||u_kᵀX||² summed in band, X = " + ("P̂(S) - T̂ (rows normalised)" if normalized else "P(S) - T"),
+                   fontsize=8)
     ax1.set_yscale("log")
     ax1.set_title(f"per-frequency distillation loss ({side}s, {graph} graph)")
     ax1.legend(fontsize=7)

@@ -1,4 +1,5 @@
-"""Cost of the response-based distillers (KD, RD, CD, RRD, DCD, UnKD, HetComp).
+"""Cost of every distiller: response- (KD, RD, CD, RRD, DCD, UnKD, HetComp), feature-
+(FitNet, DE, PHR, VkD, fd, FreqD, FreqD-exact) and relation-based (HTD).
 
 1. Speed on CiteULike-t, random BPR-MF teacher (d=400) -> student (d=20): seconds for
    ``prepare`` + ``on_epoch_start`` + one epoch of ``n_batches`` loss/backward/Adam steps
@@ -7,17 +8,22 @@
    seconds of this process, by default with one torch thread (CPU time of one thread is
    the measure least disturbed by other jobs on a shared machine; ``--threads`` to change);
    the last column gives the wall-clock ratio as well.
-2. Peak memory on Gowalla (MF 300 -> 20): each method in a fresh subprocess runs
-   ``prepare`` + ``on_epoch_start`` + ``--gowalla-batches`` steps and reports its peak RSS
+2. Peak memory on Gowalla and Yelp2018 (MF 300 -> 20; ``--memory-datasets``): each method
+   in a fresh subprocess runs ``prepare`` (graphs, teacher top-K lists, groups) +
+   ``on_epoch_start`` + ``--memory-batches`` steps and reports its peak RSS
    from the moment the data is loaded (VmHWM reset through /proc/self/clear_refs, so the
    loader's own transient peak does not hide the method's), and ``ru_maxrss`` (peak of the
    whole process), next to a subprocess that only loads the data and builds the models.
+   A method that refuses the dataset (FreqD-exact: no dense eigendecomposition of a graph
+   above ``method.max_nodes``) is listed with its message: the refusal is the expected
+   behaviour, checked here at scale.
 
 Method settings are the CiteULike-t MF presets (src/freqd/configs/methods/...) where they
 exist, else the method defaults; RD starts its dynamic weights at epoch 0 so that they are
 timed; HetComp reads a fake trajectory of random teacher checkpoints written to a temp folder.
 
-Run:  python benchmarks/bench_response.py [--data-dir DIR] [--skip-gowalla] [--methods kd,rrd]
+Run:  python benchmarks/bench_methods.py [--data-dir DIR] [--skip-memory] [--skip-speed]
+          [--methods kd,rrd] [--memory-datasets gowalla,yelp2018] [--memory-batches 5]
 """
 from __future__ import annotations
 
@@ -36,7 +42,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "src" / "freqd" / "configs" / "methods"
-METHODS = ["kd", "rd", "cd", "rrd", "rrd-nosample", "dcd", "unkd", "hetcomp"]
+RESPONSE = ["kd", "rd", "cd", "rrd", "rrd-nosample", "dcd", "unkd", "hetcomp"]
+FEATURE = ["fitnet", "de", "phr", "vkd", "fd", "freqd", "freqd-exact"]
+RELATION = ["htd"]
+METHODS = RESPONSE + FEATURE + RELATION
 
 
 # -- data and models -----------------------------------------------------------------------
@@ -153,8 +162,6 @@ def one_method(method: str, ds, teacher_dim: int, steps, tmp: Path, dataset: str
 
 # -- 1. speed on CiteULike-t -------------------------------------------------------------------
 def speed(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ds = load("citeulike-t", args.data_dir)
     steps = batches(ds, args.batches, args.batch_size)
     print(f"CiteULike-t: {ds.n_users} users, {ds.n_items} items; MF 400 -> 20; "
@@ -203,11 +210,13 @@ def _peak_gb() -> float | None:
 
 
 def child(args) -> None:
-    """Subprocess body: one method on Gowalla, print a JSON line with peak RSS (GB)."""
+    """Subprocess body: one method on one dataset, print a JSON line with peak RSS (GB)."""
     import gc
 
-    ds = load("gowalla", args.data_dir)
-    steps = batches(ds, args.gowalla_batches, args.batch_size)
+    from freqd.errors import ConfigError
+
+    ds = load(args.dataset, args.data_dir)
+    steps = batches(ds, args.memory_batches, args.batch_size)
     gc.collect()
     reset = _reset_peak()
     t0 = time.perf_counter()
@@ -216,9 +225,12 @@ def child(args) -> None:
         mf(ds, 300, 100), mf(ds, 20, 200)
         r = {"method": "data+models only"}
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            r = one_method(args.child, ds, 300, steps, Path(tmp), "gowalla")
-            r = {"method": r["method"]}
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                one_method(args.child, ds, 300, steps, Path(tmp), args.dataset)
+            r = {"method": args.child}
+        except ConfigError as e:
+            r = {"method": args.child, "refused": str(e)}
     r["seconds"] = time.perf_counter() - t0
     r["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     r["peak_after_load_gb"] = _peak_gb() if reset else None
@@ -226,44 +238,60 @@ def child(args) -> None:
 
 
 def memory(args) -> None:
-    print(f"\nGowalla peak RSS (MF 300 -> 20; prepare + epoch start + {args.gowalla_batches} "
-          f"batches of {args.batch_size}; one subprocess per method)")
-    print(f"{'method':<18}{'peak after load GB':>19}{'process peak GB':>16}{'seconds':>9}")
-    for m in ["none", *args.methods]:
-        cmd = [sys.executable, __file__, "--child", m, "--data-dir", args.data_dir,
-               "--gowalla-batches", str(args.gowalla_batches), "--batch-size", str(args.batch_size)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
-        if out.returncode != 0:
-            print(f"{m:<18} FAILED: {out.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        after = r["peak_after_load_gb"]
-        after = f"{after:>19.2f}" if after is not None else f"{'n/a':>19}"
-        print(f"{r['method']:<18}{after}{r['peak_rss_gb']:>16.2f}{r['seconds']:>9.1f}", flush=True)
+    for dataset in args.memory_datasets:
+        print(f"\n{dataset} peak RSS (MF 300 -> 20; prepare + epoch start + {args.memory_batches} "
+              f"batches of {args.batch_size}; one subprocess per method)")
+        print(f"{'method':<18}{'peak after load GB':>19}{'process peak GB':>16}{'seconds':>9}")
+        for m in ["none", *args.methods]:
+            cmd = [sys.executable, __file__, "--child", m, "--dataset", dataset,
+                   "--data-dir", args.data_dir, "--memory-batches", str(args.memory_batches),
+                   "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
+            if out.returncode != 0:
+                tail = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
+                print(f"{m:<18} FAILED: {tail}", flush=True)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            after = r["peak_after_load_gb"]
+            after = f"{after:>19.2f}" if after is not None else f"{'n/a':>19}"
+            line = f"{r['method']:<18}{after}{r['peak_rss_gb']:>16.2f}{r['seconds']:>9.1f}"
+            if "refused" in r:
+                line += f"  refused, as it should: {r['refused']}"
+            print(line, flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=os.environ.get("FREQD_DATA_DIR",
                                                          str(ROOT.parent / "shared" / "data")))
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated; 'response', 'feature' and 'relation' name the families")
     ap.add_argument("--batches", type=int, default=48, help="steps per CiteULike-t epoch")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the timings "
                     "(0 = torch's default)")
-    ap.add_argument("--gowalla-batches", type=int, default=20,
-                    help="steps on Gowalla (the peak is reached in the first steps)")
+    ap.add_argument("--memory-datasets", default="gowalla,yelp2018")
+    ap.add_argument("--memory-batches", type=int, default=5,
+                    help="steps per dataset in the memory part (the peak is reached in the first steps)")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--skip-gowalla", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--dataset", default="gowalla", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.methods = [m for m in args.methods.split(",") if m]
+    families = {"response": RESPONSE, "feature": FEATURE, "relation": RELATION}
+    args.methods = [x for m in args.methods.split(",") if m for x in families.get(m, [m])]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)}; available: {', '.join(METHODS)}")
+    args.memory_datasets = [d for d in args.memory_datasets.split(",") if d]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         child(args)
         return
     if not args.skip_speed:
         speed(args)
-    if not args.skip_gowalla:
+    if not args.skip_memory:
         memory(args)
 
 
