@@ -155,6 +155,33 @@ def test_exact_refuses_large_graph(tiny_dir):
         _build(ds, "freqd-exact", max_nodes=100)
 
 
+def test_exact_refuses_before_building_any_graph(tiny_dir, monkeypatch):
+    """The refusal comes from the constructor: no graph is built, nothing is eigendecomposed
+    (on Gowalla the 29,858-node user graph alone would take an hour), and it names every
+    side that is too large."""
+    import freqd.spectral.analysis as analysis
+    import freqd.spectral.graphs as graphs
+
+    def boom(*a, **k):
+        raise AssertionError("built or decomposed a graph before refusing")
+
+    monkeypatch.setattr(graphs, "build_graph", boom)
+    monkeypatch.setattr(analysis, "eigendecomposition", boom)
+    ds = read_tiny(tiny_dir)
+    teacher = TinyMF(ds.n_users, ds.n_items, 16, seed=100)
+    student = TinyMF(ds.n_users, ds.n_items, 4, seed=200)
+    small = min(ds.n_users, ds.n_items)
+    with pytest.raises(ConfigError, match="max_nodes") as e:
+        build_distiller("freqd-exact", teacher, student, ds, {"max_nodes": max(ds.n_users, ds.n_items) - 1})
+    big_side = "user" if ds.n_users > ds.n_items else "item"
+    assert f"the {big_side} graph has" in str(e.value)
+    with pytest.raises(ConfigError, match="the user graph has .* the item graph has"):
+        build_distiller("freqd-exact", teacher, student, ds, {"max_nodes": small - 1})
+    with pytest.raises(ConfigError, match="the bipartite graph has"):
+        build_distiller("freqd-exact", teacher, student, ds,
+                        {"max_nodes": ds.n_users + ds.n_items - 1, "graph": "bipartite"})
+
+
 def test_custom_polynomial_and_knn_and_bipartite_run(tiny_dir):
     ds = read_tiny(tiny_dir)
     batch = make_batch(ds, 64)

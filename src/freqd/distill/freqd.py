@@ -330,17 +330,25 @@ class FreqDExact(FreqD):
     name = "freqd-exact"
     config_class = FreqDExactConfig
 
+    def __init__(self, teacher, student, dataset, cfg: FreqDExactConfig):
+        # refuse a too-large graph here, before any graph is built or eigendecomposed (a
+        # dense eigendecomposition of a 30k-node graph alone takes minutes to hours)
+        sizes = ({"bipartite": dataset.n_users + dataset.n_items} if cfg.graph == "bipartite"
+                 else {"user": dataset.n_users, "item": dataset.n_items})
+        big = {side: n for side, n in sizes.items() if n > cfg.max_nodes}
+        if big:
+            raise ConfigError(
+                "option 'method.max_nodes': freqd-exact needs a dense eigendecomposition of each graph; "
+                + ", ".join(f"the {side} graph has {n:,} nodes" for side, n in big.items())
+                + f" > {cfg.max_nodes:,}. Use --method freqd (no eigendecomposition) or raise method.max_nodes")
+        super().__init__(teacher, student, dataset, cfg)
+
     def prepare(self, cache_dir=None) -> None:
         super().prepare(cache_dir)
         from ..spectral.analysis import eigendecomposition, weight_function
 
         c = self.cfg
         for side, A_hat in self.laplacians.items():
-            n = A_hat.shape[0]
-            if n > c.max_nodes:
-                raise ConfigError(
-                    f"option 'method.max_nodes': freqd-exact needs a dense eigendecomposition; the {side} graph has "
-                    f"{n:,} nodes > {c.max_nodes:,}. Use --method freqd (no eigendecomposition) or raise method.max_nodes")
             spec = eigendecomposition(A_hat, operator="adjacency", exact=True, max_dense=c.max_nodes)
             lam = torch.as_tensor(spec.lambdas, dtype=torch.float64).clamp(0, 2)
             if c.weight_fn == "filter":
