@@ -50,6 +50,18 @@ def test_spectrum_of_freqd_fd_and_fitnet_students(runs, capsys):
     assert float(rows[0]["h2_mean_freqd"]) > float(rows[-1]["h2_mean_freqd"])  # low-pass
     summary = list(csv.DictReader((out / "summary_user.csv").open()))
     assert [s["method"] for s in summary] == ["fd", "freqd", "fitnet"]
+    # the student's own smoothness, against the slow path: tr(SᵀLS)/tr(SᵀS) with a dense L
+    import numpy as np
+
+    from freqd.spectral.graphs import build_graph, laplacian, normalize_adjacency
+
+    teacher = api.Run(root / "teacher")
+    L = laplacian(normalize_adjacency(build_graph("cooccurrence", teacher.dataset.train, side="user", k=5))).toarray()
+    for s in summary:
+        S = api.Run(root / s["method"]).model.propagate()[0].detach().double().numpy()
+        assert float(s["student_rayleigh"]) == pytest.approx(np.trace(S.T @ L @ S) / np.trace(S.T @ S), rel=1e-5)
+    Tt = teacher.model.propagate()[0].detach().double().numpy()
+    assert float(summary[0]["teacher_rayleigh"]) == pytest.approx(np.trace(Tt.T @ L @ Tt) / np.trace(Tt.T @ Tt), rel=1e-5)
 
 
 def test_spectrum_refuses_a_method_without_a_projector(runs):

@@ -3,7 +3,8 @@
 For each student: residual X = P(S) - T on one side (projector at the best epoch, eval
 mode), its per-frequency loss ||u_kᵀ X||² over the eigenvectors of the side's graph
 Laplacian, grouped in bands of equal count, the filter's weights h(λ)², and the Rayleigh
-quotient tr(XᵀLX)/tr(XᵀX). With the full spectrum the per-frequency losses add up to
+quotient tr(XᵀLX)/tr(XᵀX) (and that of the teacher's and each student's own final
+representation: how smooth each is over the graph). With the full spectrum the per-frequency losses add up to
 ||X||²_F (Parseval): the command prints that check.
 
 ``--residual normalized`` analyses X = P(S)/||P(S)|| - T/||T|| (rows scaled to unit
@@ -85,7 +86,20 @@ def cmd_spectrum(a) -> int:
     norm = getattr(a, "residual", "raw") == "normalized"
     what = "||P(S)/|P(S)| - T/|T| ||^2" if norm else "||P(S) - T||^2"
     per_student = {}
+    side_idx = 0 if a.side == "user" else 1
+
+    def own_rq(model) -> float:
+        """Rayleigh quotient of a model's own final representation on this side (low =
+        smooth over the graph: a low-pass filter in the loss acts as a smoothing prior)."""
+        with torch.no_grad():
+            F_ = model.propagate()[side_idx].detach().cpu().double().numpy()
+        return float(rayleigh_quotient(L, F_))
+
+    teacher_rq = own_rq(teacher.model)
+    print(f"teacher: Rayleigh quotient of its own {a.side} representation {teacher_rq:.4f}")
+    own = {}
     for label, name, dist in students:
+        own[label] = own_rq(dist.student)
         with torch.no_grad():
             X = dist.residuals(normalize=norm)["user" if a.side == "user" else "item"].cpu().double().numpy()
         per = np.asarray(per_frequency_loss(spec.U, X), dtype=np.float64)
@@ -94,10 +108,11 @@ def cmd_spectrum(a) -> int:
         per_student[label] = (per, rq, total)
         if exact:
             print(f"{label} ({name}): sum of per-frequency losses {per.sum():.6g} = {what} {total:.6g} "
-                  f"(relative difference {abs(per.sum() - total) / max(total, 1e-30):.1e}); Rayleigh quotient {rq:.4f}")
+                  f"(relative difference {abs(per.sum() - total) / max(total, 1e-30):.1e}); Rayleigh quotient {rq:.4f}; "
+                  f"student's own representation {own[label]:.4f}")
         else:
             print(f"{label} ({name}): partial spectrum covers {per.sum() / max(total, 1e-30):.1%} of {what}; "
-                  f"Rayleigh quotient {rq:.4f}")
+                  f"Rayleigh quotient {rq:.4f}; student's own representation {own[label]:.4f}")
     # h(λ)² of each student's filter (1 everywhere for FitNet and fd: every frequency weighted equally)
     h2s = {lab: (np.asarray(d.filt.weights(lam)) if hasattr(d, "filt") else 1.0) * np.ones_like(lam)
            for lab, _, d in students}
@@ -123,12 +138,13 @@ def cmd_spectrum(a) -> int:
                    + [f"{_band_values(per_student[lab][3])[i]:.6g}" for lab in labels])
     write_text(out / f"spectrum_{a.side}.csv", buf.getvalue())
     summary = io.StringIO()
-    summary.write("student,method,residual,rayleigh_quotient,total_mse,sum_per_frequency,lowest_band_share,exact\n")
+    summary.write("student,method,residual,rayleigh_quotient,total_mse,sum_per_frequency,lowest_band_share,"
+                  "student_rayleigh,teacher_rayleigh,exact\n")
     for label, name, _ in students:
         per, rq, total, b = per_student[label]
         low = _band_values(b)[0] / max(per.sum(), 1e-30)
         summary.write(f"{label},{name},{'normalized' if norm else 'raw'},{rq:.6f},{total:.6g},{per.sum():.6g},"
-                      f"{low:.6f},{exact}\n")
+                      f"{low:.6f},{own[label]:.6f},{teacher_rq:.6f},{exact}\n")
     write_text(out / f"summary_{a.side}.csv", summary.getvalue())
     _plot(out / f"spectrum_{a.side}.png", lo, hi, labels, [_band_values(per_student[lab][3]) for lab in labels],
           lam, h2s, a.side, graph, norm)
