@@ -107,3 +107,30 @@ def test_normalized_residual_is_the_cosine_gap_and_ignores_the_projector_scale(r
     for s in summary:
         assert float(s["sum_per_frequency"]) == pytest.approx(float(s["total_mse"]), rel=1e-6)
         assert 0.0 < float(s["lowest_band_share"]) <= 1.0
+
+
+def test_rayleigh_quotients_script_matches_the_dense_formula(runs, capsys, monkeypatch):
+    """scripts/rayleigh_quotients.py on any runs (here a teacher and a kd student, which
+    `freqd spectrum` refuses): tr(XᵀLX)/tr(XᵀX) per side, as the dense computation gives."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from freqd.spectral.graphs import build_graph, laplacian, normalize_adjacency
+
+    root, _ = runs
+    path = Path(__file__).resolve().parents[1] / "scripts" / "rayleigh_quotients.py"
+    spec = importlib.util.spec_from_file_location("rayleigh_quotients", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["rq", str(root / "teacher"), str(root / "kd")])
+    mod.main()
+    rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("user", "teacher"), ("user", "kd"), ("item", "teacher"), ("item", "kd")]
+    ds = api.Run(root / "teacher").dataset
+    for side, name, value in rows:
+        L = laplacian(normalize_adjacency(build_graph("cooccurrence", ds.train, side=side, k=5))).toarray()
+        X = api.Run(root / name).model.propagate()[0 if side == "user" else 1].detach().double().numpy()
+        assert float(value) == pytest.approx(np.trace(X.T @ L @ X) / np.trace(X.T @ X), abs=6e-5)
