@@ -1,6 +1,8 @@
 """Rayleigh quotient tr(XᵀLX)/tr(XᵀX) of runs' own final representations over a side's
 co-occurrence graph (L = I - Â of freqd's top-K co-occurrence graph): how smooth each
-model's users / items are over the graph (0 = constant on connected parts, higher = rougher).
+model's users / items are over the graph (0 = constant on connected parts, higher = rougher),
+and the mean Euclidean norm of the rows (the scale of the dot-product scores: a student whose
+rows stay near their initial norm scores every item near 0).
 Any run works (teacher, student from scratch, any distilled student), unlike
 ``freqd spectrum``, which needs a projector into the teacher's space.
 
@@ -17,6 +19,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--sides", default="user,item")
     a = ap.parse_args()
+    import numpy as np
     import torch
 
     from freqd.api import Run
@@ -25,7 +28,7 @@ def main() -> None:
 
     runs = [Run(r) for r in a.runs]
     ds = runs[0].dataset
-    print("side\trun\trayleigh_quotient")
+    print("side\trun\trayleigh_quotient\tmean_row_norm")
     for side in a.sides.split(","):
         L = laplacian(normalize_adjacency(build_graph("cooccurrence", ds.train, side=side, k=a.k)))
         for path, run in zip(a.runs, runs):
@@ -33,7 +36,8 @@ def main() -> None:
                 raise SystemExit(f"{path}: trained on other data than {a.runs[0]}")
             with torch.no_grad():
                 X = run.model.propagate()[0 if side == "user" else 1].detach().cpu().double().numpy()
-            print(f"{side}\t{path.rstrip('/').split('/')[-1]}\t{rayleigh_quotient(L, X):.4f}", flush=True)
+            norm = float(np.linalg.norm(X, axis=1).mean())
+            print(f"{side}\t{path.rstrip('/').split('/')[-1]}\t{rayleigh_quotient(L, X):.4f}\t{norm:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ def test_rayleigh_quotients_script_matches_the_dense_formula(runs, capsys, monke
     rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()[1:]]
     assert [(r[0], r[1]) for r in rows] == [("user", "teacher"), ("user", "kd"), ("item", "teacher"), ("item", "kd")]
     ds = api.Run(root / "teacher").dataset
-    for side, name, value in rows:
+    for side, name, value, norm in rows:
         L = laplacian(normalize_adjacency(build_graph("cooccurrence", ds.train, side=side, k=5))).toarray()
         X = api.Run(root / name).model.propagate()[0 if side == "user" else 1].detach().double().numpy()
         assert float(value) == pytest.approx(np.trace(X.T @ L @ X) / np.trace(X.T @ X), abs=6e-5)
+        assert float(norm) == pytest.approx(np.mean([np.sqrt(r @ r) for r in X]), abs=6e-5)
