@@ -82,3 +82,26 @@ def test_same_seed_same_distilled_student(method, tmp_path):
                         epochs=3, seed=seed, overrides=over) for i, seed in enumerate((1, 1, 2))]
     assert_identical(runs[0], runs[1])
     assert metrics_file(runs[0]) != metrics_file(runs[2])
+
+
+def test_save_every_keeps_the_run_identical_and_saves_each_epochs_state(tmp_path):
+    """``train.save_every`` (HetComp's teacher trajectory) only adds files: the run equals
+    one without it, bit for bit, and trajectory/epoch_N.pt holds the model after epoch N
+    (the last one equals the final model; best.pt the best one)."""
+    over = {"train": {"progress": False, "batch_size": 512}}
+    plain = api.train("tiny", backbone="mf", dim=8, out=tmp_path / "plain", epochs=4, overrides=over)
+    with_traj = api.train("tiny", backbone="mf", dim=8, out=tmp_path / "traj", epochs=4,
+                          overrides={"train": {**over["train"], "save_every": 2}})
+    assert_identical(plain, with_traj)
+    traj = with_traj.dir / "trajectory"
+    assert sorted(p.name for p in traj.iterdir()) == ["best.pt", "epoch_0002.pt", "epoch_0004.pt"]
+    e2, e4 = (load_checkpoint_file(traj / f"epoch_000{n}.pt") for n in (2, 4))
+    assert (e2["epoch"], e4["epoch"]) == (2, 4)
+    assert any(not torch.equal(e2["model"][k], e4["model"][k]) for k in e2["model"])
+    last = load_checkpoint_file(with_traj.dir / "checkpoint.pt")["model"]
+    for k in e4["model"]:
+        assert torch.equal(e4["model"][k], last[k]), k
+    best = load_checkpoint_file(traj / "best.pt")["model"]
+    for k, v in best_model(with_traj).items():
+        assert torch.equal(best[k], v), k
+    assert not (plain.dir / "trajectory").exists()
