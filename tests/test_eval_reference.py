@@ -13,8 +13,9 @@ from freqd.eval.metrics import METRICS, metric_keys, metric_matrix
 KS = (1, 5, 10)
 
 
-def reference(scores: np.ndarray, ds: Dataset, split: str, protocol: str, ks=KS) -> dict:
-    """Per-user loop, straight from the definitions in PROTOCOL.md."""
+def reference(scores: np.ndarray, ds: Dataset, split: str, protocol: str, ks=KS, per_user=None) -> dict:
+    """Per-user loop, straight from the definitions in PROTOCOL.md. With a dict as
+    ``per_user``, each user with ground truth's own values are stored in it too."""
     masked = ["train"] + (["valid"] if (protocol == "standard" and split == "test") else [])
     gt_m = ds.split(split).tolil().rows
     mask_rows = [ds.split(s).tolil().rows for s in masked]
@@ -27,6 +28,7 @@ def reference(scores: np.ndarray, ds: Dataset, split: str, protocol: str, ks=KS)
         n_users += 1
         if not gt:
             continue
+        before = dict(sums)
         s = scores[u].astype(np.float64).copy()
         for rows in mask_rows:
             s[rows[u]] = -np.inf
@@ -43,6 +45,8 @@ def reference(scores: np.ndarray, ds: Dataset, split: str, protocol: str, ks=KS)
             sums[f"ndcg@{k}"] += dcg / idcg
             first = next((r for r, h in enumerate(hits) if h), None)
             sums[f"mrr@{k}"] += 0.0 if first is None else 1.0 / (first + 1)
+        if per_user is not None:
+            per_user[u] = {key: sums[key] - before[key] for key in sums}
     out = {key: v / n_users if n_users else 0.0 for key, v in sums.items()}
     out["n_users"] = n_users
     return out

@@ -122,6 +122,20 @@ class Run:
                             protocol=protocol or self.config["train"]["protocol"],
                             ks=tuple(ks or self.config["train"]["ks"]), device=torch.device(self.device))
 
+    def evaluate_per_user(self, split: str = "test", protocol: Optional[str] = None, ks: Sequence[int] = None):
+        """Each user's metrics on ``split`` (see :meth:`freqd.eval.Evaluator.per_user`):
+        ``(users, values, keys)``, the users with ground truth in ascending id order."""
+        import torch
+
+        from .eval.evaluator import Evaluator
+
+        m = self.model
+        ev = Evaluator(self.dataset, protocol=protocol or self.config["train"]["protocol"],
+                       ks=tuple(ks or self.config["train"]["ks"]), device=torch.device(self.device))
+        with torch.no_grad():
+            reps = m.propagate()
+            return ev.per_user(lambda u: m.score(u, reps), split)
+
     def recommend(self, users: Optional[Sequence[int]] = None, k: int = 20, exclude=None):
         """Top-``k`` items (seen items excluded) for ``users`` (all users if None).
         Returns (users LongTensor, items LongTensor [n, k], scores)."""

@@ -1,4 +1,4 @@
-"""Subcommands built on the foundation: bench, demo, spectrum."""
+"""Subcommands built on the foundation: bench, demo, spectrum, compare."""
 from __future__ import annotations
 
 import sys
@@ -59,6 +59,20 @@ def register_extra(sub) -> None:
                         "leaves free removed; its squared norm is 2 - 2 cos per row)")
     s.add_argument("--out", required=True)
 
+    c = sub.add_parser("compare", help="per-user paired tests between two runs or two groups of seeds",
+                       description="Evaluate each run's best model on one split, average each user's metrics over "
+                                   "a group's runs, and test the paired per-user differences (paired t, Holm over "
+                                   "the metrics, Wilcoxon signed-rank).")
+    c.add_argument("--a", nargs="+", required=True, metavar="RUN", help="run directories of the first group")
+    c.add_argument("--b", nargs="+", required=True, metavar="RUN", help="run directories of the second group")
+    c.add_argument("--labels", default="a,b", help="names of the two groups (default a,b)")
+    c.add_argument("--split", default="test", help="valid or test (default test)")
+    c.add_argument("--protocol", help="standard or paper (default: the first run's)")
+    c.add_argument("--metrics", default="recall@10,ndcg@10,recall@20,ndcg@20", help="comma-separated METRIC@K")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--json", action="store_true", help="print the tests as JSON")
+    c.add_argument("--out", help="also write every user's values to this CSV")
+
 
 def _split_over(items):
     from .config import parse_overrides
@@ -81,6 +95,10 @@ def dispatch_extra(a) -> int:
         from .experiments.spectrum import cmd_spectrum
 
         return cmd_spectrum(a)
+    if a.cmd == "compare":
+        from .experiments.compare import cmd_compare
+
+        return cmd_compare(a)
     raise SystemExit(f"unknown command {a.cmd}")  # pragma: no cover
 
 

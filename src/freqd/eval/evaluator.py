@@ -124,16 +124,12 @@ class Evaluator:
         return self._prepared[split]
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, score_fn: ScoreFn, split: str = "valid") -> dict[str, object]:
-        """Metrics ``{"recall@10": float, ..., "n_users": int, "protocol": str}``.
-
-        ``score_fn(users)`` gets a LongTensor of user ids on ``self.device`` and must return
-        a fresh ``[len(users), n_items]`` score tensor (any device; it is masked in place).
-        """
-        mask, gt, users, denom = self._prepare(split)
+    def _chunks(self, score_fn: ScoreFn, split: str):
+        """Yield ``(users, metric matrix)`` per chunk of the users with ground truth in
+        ``split`` (columns in :func:`~freqd.eval.metrics.metric_keys` order)."""
+        mask, gt, users, _ = self._prepare(split)
         n_items = self.dataset.n_items
         kmax = self.ks[-1]
-        sums: Tensor | None = None
         with torch.no_grad():
             for s in range(0, len(users), self.chunk_size):
                 u_cpu = users[s : s + self.chunk_size]
@@ -147,8 +143,19 @@ class Evaluator:
                 hits = hits_from_topk(idx, g_rows, g_cols, n_items) & ~torch.isneginf(vals)
                 if hits.shape[1] < kmax:  # fewer items than K
                     hits = torch.nn.functional.pad(hits, (0, kmax - hits.shape[1]))
-                chunk = metric_matrix(hits, n_gt, self.ks, self.metrics).sum(0, dtype=torch.float64)
-                sums = chunk if sums is None else sums + chunk
+                yield u_cpu, metric_matrix(hits, n_gt, self.ks, self.metrics)
+
+    def evaluate(self, score_fn: ScoreFn, split: str = "valid") -> dict[str, object]:
+        """Metrics ``{"recall@10": float, ..., "n_users": int, "protocol": str}``.
+
+        ``score_fn(users)`` gets a LongTensor of user ids on ``self.device`` and must return
+        a fresh ``[len(users), n_items]`` score tensor (any device; it is masked in place).
+        """
+        denom = self._prepare(split)[3]
+        sums: Tensor | None = None
+        for _, mat in self._chunks(score_fn, split):
+            chunk = mat.sum(0, dtype=torch.float64)
+            sums = chunk if sums is None else sums + chunk
         keys = metric_keys(self.ks, self.metrics)
         totals = sums.tolist() if sums is not None else [0.0] * len(keys)
         out: dict[str, object] = {
@@ -157,6 +164,23 @@ class Evaluator:
         out["n_users"] = int(denom)
         out["protocol"] = self.protocol
         return out
+
+    def per_user(self, score_fn: ScoreFn, split: str = "test") -> tuple[Tensor, Tensor, list[str]]:
+        """Each user's metrics, for per-user significance tests: ``(users, values, keys)``
+        with ``users`` the ids (ascending) of the users with ground truth in ``split``,
+        ``values`` a float64 ``[len(users), len(keys)]`` tensor on the CPU.
+
+        Under ``standard`` the mean of a column is :meth:`evaluate`'s number; under ``paper``
+        :meth:`evaluate` also counts the users without ground truth (as 0), so its number is
+        the column sum over ``dataset.n_users``."""
+        us, vs = [], []
+        for u, mat in self._chunks(score_fn, split):
+            us.append(u)
+            vs.append(mat.to("cpu", torch.float64))
+        keys = metric_keys(self.ks, self.metrics)
+        if not us:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, len(keys), dtype=torch.float64), keys
+        return torch.cat(us), torch.cat(vs), keys
 
 
 def evaluate(
