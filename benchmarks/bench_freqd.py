@@ -9,7 +9,9 @@ Prints, measured side by side in one run: seconds per training step (student BPR
 FreqD loss + backward + Adam) for local and full paths, their ratio, seconds per epoch
 extrapolated from the measured steps, and FreqD step / fd step, in wall seconds and in
 this process's CPU seconds (steadier on a machine shared with other jobs: time spent
-waiting for a core does not count; contention for memory bandwidth still does).
+waiting for a core does not count; contention for memory bandwidth still does), and how
+many rows the batch-local path touches per call (the batch rows' neighbourhood under the
+step's dropped graph) against fd's batch rows and the full tables: the ratios follow them.
 
     python benchmarks/bench_freqd.py --dataset citeulike-t --steps 5
     python benchmarks/bench_freqd.py --dataset gowalla --steps 3 --teacher-dim 300
@@ -65,6 +67,34 @@ def main() -> None:
           f"teacher {a.teacher_dim} -> student {a.student_dim}, device {dev}, threads {torch.get_num_threads()}")
 
     cpu: dict = {}  # variant -> median CPU seconds of this process per step
+    dists: dict = {}  # variant -> its distiller (for the neighbourhood sizes)
+
+    def neighbourhoods(dist) -> str:
+        """Mean rows the batch-local path runs the experts' hidden layer on, per call, over
+        the timed batches (fresh dropout masks, as in a step), against the full table's."""
+        from freqd.spectral.filters import sample_hops
+        from freqd.spectral.local import local_filter_plan
+
+        c = dist.cfg
+        got = {"users": [], "pos": [], "neg": []}
+        for i in range(1, a.steps + 1):
+            b = batches[i % n_batches]
+            for key, side in (("users", "user"), ("pos", "item"), ("neg", "item")):
+                op = dist._op(side)
+                hops = sample_hops(op, dist.filt, c.keep_prob, None, mask_mode=c.mask_mode)
+                rows = torch.unique(b[key])
+                got[key].append((rows.numel(), local_filter_plan(hops, dist.filt, rows).cols.numel()))
+        n = {"users": ds.n_users, "pos": ds.n_items, "neg": ds.n_items}
+        parts, loc_rows, batch_rows = [], 0.0, 0.0
+        for key, vals in got.items():
+            r = statistics.mean(v[0] for v in vals)
+            m = statistics.mean(v[1] for v in vals)
+            loc_rows, batch_rows = loc_rows + m, batch_rows + r
+            parts.append(f"{key} {r:,.0f} -> {m:,.0f} ({m / n[key]:.0%} of {n[key]:,})")
+        full_rows = ds.n_users + 2 * ds.n_items
+        return (f"  rows per call, batch -> neighbourhood: {'; '.join(parts)}; per step {loc_rows:,.0f} "
+                f"neighbourhood rows (fd: {batch_rows:,.0f} batch rows, {loc_rows / batch_rows:.2f}x; "
+                f"full table: {full_rows:,}, {full_rows / loc_rows:.2f}x)")
 
     def time_variant(method: str, **over) -> tuple[float, float]:
         torch.manual_seed(1)
@@ -91,6 +121,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
         cpu[(method, tuple(sorted(over.items())))] = statistics.median(cpus)
+        dists[(method, tuple(sorted(over.items())))] = dist
         return statistics.median(times), prep
 
     rows = []
@@ -108,6 +139,7 @@ def main() -> None:
         line += (f"; freqd/fd step ratio {loc / fd:.2f}, in CPU seconds {loc_cpu / cpu[('fd', ())]:.2f} "
                  f"(graph build/load {prep:.2f} s)")
         print(line)
+        print(neighbourhoods(dists[("freqd", (("filter", filt), ("path", "local")))]))
     print("\n| variant | s/step | s/epoch (x%d steps) |\n|---|---|---|" % n_batches)
     for name, t in rows:
         print(f"| {name} | {t:.4f} | {t * n_batches:.1f} |")

@@ -1,0 +1,26 @@
+"""Smoke runs of benchmark scripts on tiny data: they run and print what the docs quote."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_freqd_prints_ratios_and_neighbourhood_sizes(shared_data, tmp_path):
+    env = dict(os.environ, FREQD_DATA_DIR=str(shared_data), FREQD_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_freqd.py"), "--dataset", "tiny", "--teacher-dim", "16",
+         "--steps", "1", "--threads", "1", "--filters", "linear"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"speed-up x[\d.]+; freqd/fd step ratio [\d.]+", out.stdout)
+    m = re.search(r"users (\d+) -> (\d+) \(\d+% of 241\); pos (\d+) -> (\d+) \(\d+% of 979\)", out.stdout)
+    assert m, out.stdout
+    users, users_nbr, pos, pos_nbr = map(int, m.groups())
+    assert users <= users_nbr <= 241 and pos <= pos_nbr <= 979  # a neighbourhood holds its rows
+    assert "| freqd linear, full-table reference |" in out.stdout
