@@ -249,3 +249,33 @@ def test_mean_curves_average_seeds_over_their_shared_epochs(tmp_path):
     xs, ys, n = c["a"]
     assert xs == [1, 2] and ys == pytest.approx([0.2, 0.3]) and n == 2
     assert c["b"][:2] == ([2], [0.5]) and c["b"][2] == 1
+
+
+def test_user_tests_of_a_bench_match_freqd_compare(tmp_path, shared_data, monkeypatch, capsys):
+    """--report-only --user-tests METHOD: per-user tests of METHOD against every student of
+    the grid over their shared seeds, the same table `freqd compare` prints for those runs;
+    refused without --report-only and for a label the grid lacks."""
+    from freqd.cli import main
+    from freqd.experiments import bench as bench_mod
+
+    monkeypatch.setenv("FREQD_DATA_DIR", str(shared_data))
+    monkeypatch.setenv("FREQD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FREQD_NO_PROGRESS", "1")
+    out = tmp_path / "bench"
+    over = {"train": {"epochs": 1, "progress": False}}
+    bench_mod.bench("tiny", methods=["fd", "kd"], seeds=2, out=out, jobs=1, overrides=over)
+    args = ["bench", "tiny", "--methods", "fd,kd", "--seeds", "2", "--epochs", "1", "--out", str(out)]
+    assert main(args + ["--report-only", "--user-tests", "fd"]) == 0
+    text = (out / "user_tests.md").read_text()
+    assert "### fd vs scratch (seeds 0, 1)" in text and "### fd vs kd (seeds 0, 1)" in text
+    assert "fd vs teacher" not in text
+    capsys.readouterr()
+    specs = {(s.label, s.seed): s.out for s in bench_mod.plan_grid("tiny", "mf", ["fd", "kd"], 2, out, overrides=over)}
+    assert main(["compare", "--a", str(specs[("fd", 0)]), str(specs[("fd", 1)]), "--b", str(specs[("kd", 0)]),
+                 str(specs[("kd", 1)]), "--labels", "fd,kd"]) == 0
+    table = capsys.readouterr().out.split("\n\n", 1)[1]
+    assert table.strip() in text  # the same numbers either way
+    assert main(args + ["--user-tests", "fd"]) != 0
+    assert "only with --report-only" in capsys.readouterr().err
+    assert main(args + ["--report-only", "--user-tests", "rrd"]) != 0
+    assert "no finished runs labelled 'rrd'" in capsys.readouterr().err

@@ -28,6 +28,9 @@ def register_extra(sub) -> None:
     b.add_argument("--skip-missing", action="store_true",
                    help="with --eval-protocol: leave out (and list under the table) the runs with neither a checkpoint "
                         "nor an up-to-date metrics_<protocol>.json, instead of stopping")
+    b.add_argument("--user-tests", metavar="METHOD",
+                   help="with --report-only: per-user paired tests of METHOD against every other student "
+                        "(user_tests.md, or user_tests_<protocol>.md with --eval-protocol)")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="options for every run (teacher.* for the teacher only)")
 
     d = sub.add_parser("demo", help="the main job: teacher, scratch, fd and freqd on citeulike-t (BPR-MF), with a report")
@@ -118,13 +121,14 @@ def _bench_common(a, over: dict) -> dict:
 def cmd_bench(a) -> int:
     from pathlib import Path
 
+    from .errors import ConfigError
     from .experiments.bench import plan_grid, run_grid
     from .experiments.report import write_report
 
     if a.skip_missing and not (a.report_only and a.eval_protocol):
-        from .errors import ConfigError
-
         raise ConfigError("option '--skip-missing': only with --report-only --eval-protocol")
+    if a.user_tests and not a.report_only:
+        raise ConfigError("option '--user-tests': only with --report-only")
     over, tover = _split_over(a.overrides)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     specs = plan_grid(a.dataset, a.backbone, methods, a.seeds, Path(a.out), teacher_backbone=a.teacher_backbone,
@@ -140,6 +144,18 @@ def cmd_bench(a) -> int:
             print(f"wrote {a.out}/table_{a.eval_protocol}.md")
         else:
             print(f"wrote {a.out}/results.csv, table.md, efficiency.md, bars.png, curves.png")
+    if a.user_tests:
+        from .experiments.compare import bench_user_tests
+        from .experiments.report import _rows
+        from .utils.atomic import write_text
+
+        rows = _rows(specs)
+        protocol = a.eval_protocol or (rows[0]["protocol"] if rows else "standard")
+        text = bench_user_tests(rows, a.user_tests, protocol)
+        name = f"user_tests_{a.eval_protocol}.md" if a.eval_protocol else "user_tests.md"
+        write_text(Path(a.out) / name, text)
+        print(text)
+        print(f"wrote {a.out}/{name}")
     return 0
 
 

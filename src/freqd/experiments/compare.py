@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 
@@ -45,28 +45,74 @@ def _data_key(cfg: dict) -> str:
     return json.dumps({"dataset": cfg.get("dataset"), "data": cfg.get("data") or {}}, sort_keys=True)
 
 
-def group_values(run_dirs: Sequence[str], dataset, protocol: str, split: str,
-                 names: Sequence[str], ks: Sequence[int], keys: Sequence[str], device: str):
-    """Mean per-user values ``[n_users, len(keys)]`` over ``run_dirs`` and the users' ids."""
+def run_values(run_dir, dataset, protocol: str, split: str, names: Sequence[str], ks: Sequence[int],
+               keys: Sequence[str], device: str = "cpu"):
+    """One run's best model: ``(users, values [n_users, len(keys)])`` on ``split``."""
     import torch
 
     from ..api import Run
     from ..eval.evaluator import Evaluator
 
     ev = Evaluator(dataset, protocol=protocol, ks=ks, metrics=names, device=torch.device(device))
+    m = Run(run_dir, dataset=dataset, device=device).model
+    with torch.no_grad():
+        reps = m.propagate()
+        u, vals, all_keys = ev.per_user(lambda q: m.score(q, reps), split)
+    return u.numpy(), vals[:, [all_keys.index(k) for k in keys]].numpy()
+
+
+def group_values(run_dirs: Sequence[str], dataset, protocol: str, split: str,
+                 names: Sequence[str], ks: Sequence[int], keys: Sequence[str], device: str = "cpu",
+                 cache: Optional[dict] = None):
+    """``(users, mean per-user values [n_users, len(keys)] over run_dirs)``; ``cache`` (a
+    dict) keeps each run's values for the next call."""
     total, users = None, None
     for d in run_dirs:
-        run = Run(d, dataset=dataset, device=device)
-        m = run.model
-        with torch.no_grad():
-            reps = m.propagate()
-            u, vals, all_keys = ev.per_user(lambda q: m.score(q, reps), split)
-        cols = [all_keys.index(k) for k in keys]
-        v = vals[:, cols].numpy()
-        if users is None:
-            users = u.numpy()
+        key = str(d)
+        if cache is not None and key in cache:
+            u, v = cache[key]
+        else:
+            u, v = run_values(d, dataset, protocol, split, names, ks, keys, device)
+            if cache is not None:
+                cache[key] = (u, v)
+        users = u if users is None else users
         total = v if total is None else total + v
     return users, total / len(run_dirs)
+
+
+def bench_user_tests(rows: List[dict], label: str, protocol: str, split: str = "test",
+                     metrics: str = DEFAULT_METRICS) -> str:
+    """Markdown: ``label`` against every other student label of a bench's result rows
+    (``report._rows``), over the seeds both have, each user averaged over those seeds."""
+    from ..api import _dataset_for
+    from ..errors import CheckpointError, FreqdError
+    from ..eval.significance import paired_user_tests
+    from ..runs import read_run_config
+
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["label"], {})[int(r["seed"])] = r["run_dir"]
+    if label not in by:
+        raise ConfigError(f"option '--user-tests': no finished runs labelled {label!r} (labels: {sorted(by)})")
+    names, ks, keys = parse_metrics(metrics)
+    dataset = _dataset_for(read_run_config(Path(by[label][min(by[label])])))
+    cache: dict = {}
+    parts = [f"Per-user paired tests, {label} against each student: test metrics of each user averaged over "
+             f"the seeds both methods have, paired t-test (Holm-adjusted over the {len(keys)} metrics) and "
+             f"Wilcoxon signed-rank over the users with ground truth; split {split}, protocol {protocol} "
+             f"(`freqd compare` gives the same for any two groups of runs).\n"]
+    for other in [x for x in by if x not in (label, "teacher")]:
+        seeds = sorted(set(by[label]) & set(by[other]))
+        if not seeds:
+            continue
+        try:
+            _, va = group_values([by[label][s] for s in seeds], dataset, protocol, split, names, ks, keys, cache=cache)
+            _, vb = group_values([by[other][s] for s in seeds], dataset, protocol, split, names, ks, keys, cache=cache)
+        except CheckpointError as e:
+            raise FreqdError(f"option '--user-tests': per-user tests need each run's best model: {e}") from None
+        parts.append(f"\n### {label} vs {other} (seeds {', '.join(map(str, seeds))})\n\n")
+        parts.append(render(paired_user_tests(va, vb, keys), label, other))
+    return "".join(parts)
 
 
 def _fmt_p(p: float) -> str:
@@ -126,7 +172,7 @@ def cmd_compare(a) -> int:
     protocol = a.protocol or cfg0["train"]["protocol"]
     dataset = _dataset_for(cfg0)
     users_a, va = group_values(a.a, dataset, protocol, a.split, names, ks, keys, a.device)
-    users_b, vb = group_values(a.b, dataset, protocol, a.split, names, ks, keys, a.device)
+    _, vb = group_values(a.b, dataset, protocol, a.split, names, ks, keys, a.device)
     rows = paired_user_tests(va, vb, keys)
 
     if a.out:
