@@ -31,6 +31,10 @@ def test_demo_runs_reports_and_reuses_its_runs(tmp_path, shared_data):
     for row in ("| teacher |", "| scratch |", "| fd |", "| freqd |", "improvement of freqd over the best baseline"):
         assert row in table, table
     assert "Shortened:" in table and "Report:" in table
+    # one seed: the per-user paired tests of freqd against fd and the student from scratch
+    for head in ("### freqd vs scratch (seeds 0)", "### freqd vs fd (seeds 0)", "| recall@20 |", "p (Wilcoxon)"):
+        assert head in table, table
+    assert "### freqd vs fd (seeds 0)" in (out / "user_tests.md").read_text()
     for f in ("table.md", "efficiency.md", "results.csv", "bars.png", "curves.png"):
         assert (out / f).stat().st_size > 0, f
     with open(out / "results.csv") as fh:

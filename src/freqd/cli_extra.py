@@ -201,9 +201,15 @@ def cmd_demo(a) -> int:
     run_grid(specs, jobs=jobs)
     rep = write_report(Path(a.out), specs)
     print(rep["table"])
+    from .experiments.compare import bench_user_tests
+    from .utils.atomic import write_text
+
+    tests = bench_user_tests(rep["rows"], "freqd", rep["rows"][0]["protocol"], metrics="recall@20,ndcg@20")
+    write_text(Path(a.out) / "user_tests.md", tests)
+    print(tests)
     if shortened:
         print("Shortened: " + ", ".join(shortened) + ". Epochs run and best epochs: " + a.out + "/results.csv.")
-    print(f"Report: {a.out}/table.md, efficiency.md, results.csv, bars.png, curves.png")
+    print(f"Report: {a.out}/table.md, user_tests.md, efficiency.md, results.csv, bars.png, curves.png")
     return 0
 
 
