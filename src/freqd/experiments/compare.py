@@ -45,34 +45,37 @@ def _data_key(cfg: dict) -> str:
     return json.dumps({"dataset": cfg.get("dataset"), "data": cfg.get("data") or {}}, sort_keys=True)
 
 
-def run_values(run_dir, dataset, protocol: str, split: str, names: Sequence[str], ks: Sequence[int],
-               keys: Sequence[str], device: str = "cpu"):
-    """One run's best model: ``(users, values [n_users, len(keys)])`` on ``split``."""
+def make_evaluator(dataset, protocol: str, names: Sequence[str], ks: Sequence[int], device: str = "cpu"):
+    import torch
+
+    from ..eval.evaluator import Evaluator
+
+    return Evaluator(dataset, protocol=protocol, ks=ks, metrics=names, device=torch.device(device))
+
+
+def run_values(run_dir, ev, split: str, keys: Sequence[str]):
+    """One run's best model under evaluator ``ev``: ``(users, values [n_users, len(keys)])``."""
     import torch
 
     from ..api import Run
-    from ..eval.evaluator import Evaluator
 
-    ev = Evaluator(dataset, protocol=protocol, ks=ks, metrics=names, device=torch.device(device))
-    m = Run(run_dir, dataset=dataset, device=device).model
+    m = Run(run_dir, dataset=ev.dataset, device=str(ev.device)).model
     with torch.no_grad():
         reps = m.propagate()
         u, vals, all_keys = ev.per_user(lambda q: m.score(q, reps), split)
     return u.numpy(), vals[:, [all_keys.index(k) for k in keys]].numpy()
 
 
-def group_values(run_dirs: Sequence[str], dataset, protocol: str, split: str,
-                 names: Sequence[str], ks: Sequence[int], keys: Sequence[str], device: str = "cpu",
-                 cache: Optional[dict] = None):
-    """``(users, mean per-user values [n_users, len(keys)] over run_dirs)``; ``cache`` (a
-    dict) keeps each run's values for the next call."""
+def group_values(run_dirs: Sequence[str], ev, split: str, keys: Sequence[str], cache: Optional[dict] = None):
+    """``(users, mean per-user values [n_users, len(keys)] over run_dirs)`` under evaluator
+    ``ev``; ``cache`` (a dict) keeps each run's values for the next call."""
     total, users = None, None
     for d in run_dirs:
         key = str(d)
         if cache is not None and key in cache:
             u, v = cache[key]
         else:
-            u, v = run_values(d, dataset, protocol, split, names, ks, keys, device)
+            u, v = run_values(d, ev, split, keys)
             if cache is not None:
                 cache[key] = (u, v)
         users = u if users is None else users
@@ -95,7 +98,7 @@ def bench_user_tests(rows: List[dict], label: str, protocol: str, split: str = "
     if label not in by:
         raise ConfigError(f"option '--user-tests': no finished runs labelled {label!r} (labels: {sorted(by)})")
     names, ks, keys = parse_metrics(metrics)
-    dataset = _dataset_for(read_run_config(Path(by[label][min(by[label])])))
+    ev = make_evaluator(_dataset_for(read_run_config(Path(by[label][min(by[label])]))), protocol, names, ks)
     cache: dict = {}
     parts = [f"Per-user paired tests, {label} against each student: test metrics of each user averaged over "
              f"the seeds both methods have, paired t-test (Holm-adjusted over the {len(keys)} metrics) and "
@@ -106,8 +109,8 @@ def bench_user_tests(rows: List[dict], label: str, protocol: str, split: str = "
         if not seeds:
             continue
         try:
-            _, va = group_values([by[label][s] for s in seeds], dataset, protocol, split, names, ks, keys, cache=cache)
-            _, vb = group_values([by[other][s] for s in seeds], dataset, protocol, split, names, ks, keys, cache=cache)
+            _, va = group_values([by[label][s] for s in seeds], ev, split, keys, cache=cache)
+            _, vb = group_values([by[other][s] for s in seeds], ev, split, keys, cache=cache)
         except CheckpointError as e:
             raise FreqdError(f"option '--user-tests': per-user tests need each run's best model: {e}") from None
         parts.append(f"\n### {label} vs {other} (seeds {', '.join(map(str, seeds))})\n\n")
@@ -171,8 +174,9 @@ def cmd_compare(a) -> int:
             )
     protocol = a.protocol or cfg0["train"]["protocol"]
     dataset = _dataset_for(cfg0)
-    users_a, va = group_values(a.a, dataset, protocol, a.split, names, ks, keys, a.device)
-    _, vb = group_values(a.b, dataset, protocol, a.split, names, ks, keys, a.device)
+    ev = make_evaluator(dataset, protocol, names, ks, a.device)
+    users_a, va = group_values(a.a, ev, a.split, keys)
+    _, vb = group_values(a.b, ev, a.split, keys)
     rows = paired_user_tests(va, vb, keys)
 
     if a.out:
