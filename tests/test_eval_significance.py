@@ -156,6 +156,14 @@ def test_compare_refuses_missing_runs_and_a_run_in_both_groups(runs, capsys, tmp
     assert "nope is not a run directory" in capsys.readouterr().err
     assert main(["compare", "--a", str(root / "mf4"), "--b", str(root / "mf8-s0"), str(root / "mf4")]) != 0
     assert "in both groups" in capsys.readouterr().err
+    import shutil
+
+    no_model = tmp_path / "restored"
+    shutil.copytree(root / "mf4", no_model)
+    (no_model / "best.pt").unlink()  # result files only, as restored from docs/results
+    assert main(["compare", "--a", str(root / "mf8-s0"), "--b", str(no_model)]) != 0
+    err = capsys.readouterr().err
+    assert "option '--b'" in err and "best.pt" in err and "need each run's best model" in err
 
 
 def test_compare_refuses_runs_on_other_data(runs, capsys, tmp_path):

@@ -174,9 +174,16 @@ def cmd_compare(a) -> int:
             )
     protocol = a.protocol or cfg0["train"]["protocol"]
     dataset = _dataset_for(cfg0)
+    from ..errors import CheckpointError
+
     ev = make_evaluator(dataset, protocol, names, ks, a.device)
-    users_a, va = group_values(a.a, ev, a.split, keys)
-    _, vb = group_values(a.b, ev, a.split, keys)
+    vals = {}
+    for opt, dirs in (("--a", a.a), ("--b", a.b)):
+        try:
+            vals[opt] = group_values(dirs, ev, a.split, keys)
+        except CheckpointError as e:
+            raise CheckpointError(f"option '{opt}': {e} (per-user tests need each run's best model)") from None
+    (users_a, va), (_, vb) = vals["--a"], vals["--b"]
     rows = paired_user_tests(va, vb, keys)
 
     if a.out:
