@@ -4,7 +4,7 @@
 set -euo pipefail
 src=$1; dst=docs/results/$2
 mkdir -p "$dst"
-for f in results.csv table.md table_paper.md efficiency.md bars.png curves.png; do
+for f in results.csv table.md table_paper.md efficiency.md user_tests.md user_tests_paper.md bars.png curves.png; do
   [ -f "$src/$f" ] && cp "$src/$f" "$dst/"
 done
 if [ -d "$src/runs" ]; then
