@@ -26,3 +26,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(shared_data) -> Path:
     return shared_data / "tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_env(shared_data, tmp_path_factory):
+    """A folder for one test module's runs, with freqd pointed at the shared data, a private
+    graph cache and no progress bars for the module's lifetime."""
+    root = tmp_path_factory.mktemp("tiny-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FREQD_DATA_DIR", str(shared_data))
+        mp.setenv("FREQD_CACHE_DIR", str(root / "cache"))
+        mp.setenv("FREQD_NO_PROGRESS", "1")
+        yield root

@@ -15,21 +15,17 @@ COMMON = {"train": {"threads": 1, "progress": False}}
 
 
 @pytest.fixture(scope="module")
-def runs(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("spectrum")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FREQD_DATA_DIR", str(shared_data))
-        mp.setenv("FREQD_CACHE_DIR", str(root / "cache"))
-        mp.setenv("FREQD_NO_PROGRESS", "1")
-        api.train("tiny", backbone="mf", dim=16, out=root / "teacher", epochs=1, overrides=COMMON)
-        for m in ("fd", "freqd", "fitnet", "kd"):
-            api.distill("tiny", teacher=root / "teacher", method=m, dim=4, out=root / m, epochs=1,
-                        overrides=COMMON)
-        yield root, mp
+def runs(tiny_env):
+    root = tiny_env
+    api.train("tiny", backbone="mf", dim=16, out=root / "teacher", epochs=1, overrides=COMMON)
+    for m in ("fd", "freqd", "fitnet", "kd"):
+        api.distill("tiny", teacher=root / "teacher", method=m, dim=4, out=root / m, epochs=1,
+                    overrides=COMMON)
+    return root
 
 
 def test_spectrum_of_freqd_fd_and_fitnet_students(runs, capsys):
-    root, _ = runs
+    root = runs
     out = root / "spec"
     rc = main(["spectrum", "--teacher", str(root / "teacher"), "--student", str(root / "fd"),
                "--student", str(root / "freqd"), "--student", str(root / "fitnet"), "--side", "user",
@@ -65,7 +61,7 @@ def test_spectrum_of_freqd_fd_and_fitnet_students(runs, capsys):
 
 
 def test_spectrum_refuses_a_method_without_a_projector(runs):
-    root, _ = runs
+    root = runs
     with pytest.raises(ConfigError, match="kd.*projector"):
         from freqd.experiments.spectrum import load_distiller
 
@@ -82,7 +78,7 @@ def test_normalized_residual_is_the_cosine_gap_and_ignores_the_projector_scale(r
 
     from freqd.experiments.spectrum import load_distiller
 
-    root, _ = runs
+    root = runs
     teacher = api.Run(root / "teacher")
     for m in ("freqd", "fitnet"):
         _, dist = load_distiller(root / m, teacher, teacher.dataset)
@@ -120,7 +116,7 @@ def test_rayleigh_quotients_script_matches_the_dense_formula(runs, capsys, monke
 
     from freqd.spectral.graphs import build_graph, laplacian, normalize_adjacency
 
-    root, _ = runs
+    root = runs
     path = Path(__file__).resolve().parents[1] / "scripts" / "rayleigh_quotients.py"
     spec = importlib.util.spec_from_file_location("rayleigh_quotients", path)
     mod = importlib.util.module_from_spec(spec)

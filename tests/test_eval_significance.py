@@ -90,16 +90,12 @@ COMMON = {"train": {"threads": 1, "progress": False}}
 
 
 @pytest.fixture(scope="module")
-def runs(shared_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FREQD_DATA_DIR", str(shared_data))
-        mp.setenv("FREQD_CACHE_DIR", str(root / "cache"))
-        mp.setenv("FREQD_NO_PROGRESS", "1")
-        for seed in (0, 1):
-            api.train("tiny", backbone="mf", dim=8, out=root / f"mf8-s{seed}", epochs=2, seed=seed, overrides=COMMON)
-        api.train("tiny", backbone="mf", dim=4, out=root / "mf4", epochs=1, overrides=COMMON)
-        yield root
+def runs(tiny_env):
+    root = tiny_env
+    for seed in (0, 1):
+        api.train("tiny", backbone="mf", dim=8, out=root / f"mf8-s{seed}", epochs=2, seed=seed, overrides=COMMON)
+    api.train("tiny", backbone="mf", dim=4, out=root / "mf4", epochs=1, overrides=COMMON)
+    return root
 
 
 def test_compare_command_averages_seeds_per_user(runs, capsys, tmp_path):
