@@ -131,3 +131,49 @@ def test_rayleigh_quotients_script_matches_the_dense_formula(runs, capsys, monke
         X = api.Run(root / name).model.propagate()[0 if side == "user" else 1].detach().double().numpy()
         assert float(value) == pytest.approx(np.trace(X.T @ L @ X) / np.trace(X.T @ X), abs=6e-5)
         assert float(norm) == pytest.approx(np.mean([np.sqrt(r @ r) for r in X]), abs=6e-5)
+
+
+def test_both_residuals_from_one_decomposition_equal_the_separate_runs(runs):
+    """--residual raw,normalized writes _raw / _normalized files whose numbers are those of
+    two separate single-residual runs, and one summary with both."""
+    root = runs
+    args = ["spectrum", "--teacher", str(root / "teacher"), "--student", str(root / "fd"),
+            "--student", str(root / "freqd"), "--bands", "4"]
+    assert main(args + ["--out", str(root / "sep_raw")]) == 0
+    assert main(args + ["--residual", "normalized", "--out", str(root / "sep_norm")]) == 0
+    assert main(args + ["--residual", "raw,normalized", "--out", str(root / "both")]) == 0
+    both = root / "both"
+    for kind, sep in (("raw", root / "sep_raw"), ("normalized", root / "sep_norm")):
+        assert (both / f"spectrum_user_{kind}.png").stat().st_size > 0
+        assert (both / f"spectrum_user_{kind}.csv").read_text() == (sep / "spectrum_user.csv").read_text()
+    summary = list(csv.DictReader((both / "summary_user.csv").open()))
+    assert [(s["method"], s["residual"]) for s in summary] == [
+        ("fd", "raw"), ("freqd", "raw"), ("fd", "normalized"), ("freqd", "normalized")]
+    sep = list(csv.DictReader((root / "sep_raw" / "summary_user.csv").open())) + \
+        list(csv.DictReader((root / "sep_norm" / "summary_user.csv").open()))
+    assert summary == sep
+    assert not (both / "spectrum_user.csv").exists()
+
+
+@pytest.mark.parametrize("bad", ["cosine", "raw,raw", ",", "raw,normalised"])
+def test_bad_residual_kind_is_refused_before_any_work(runs, bad, capsys):
+    out = runs / f"bad_{abs(hash(bad))}"
+    rc = main(["spectrum", "--teacher", str(runs / "teacher"), "--student", str(runs / "fd"),
+               "--residual", bad, "--out", str(out)])
+    assert rc != 0
+    assert "--residual" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dev", ["tpu", "cuda:0"])
+def test_unusable_device_is_refused_before_any_work(runs, dev, capsys):
+    import torch
+
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = runs / f"dev_{dev.replace(':', '_')}"
+    rc = main(["spectrum", "--teacher", str(runs / "teacher"), "--student", str(runs / "fd"),
+               "--device", dev, "--out", str(out)])
+    assert rc != 0
+    assert "--device" in capsys.readouterr().err
+    assert not out.exists()

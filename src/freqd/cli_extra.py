@@ -57,9 +57,11 @@ def register_extra(sub) -> None:
     s.add_argument("--k", type=int, default=None)
     s.add_argument("--max-dense", type=int, default=30000, help="exact eigendecomposition up to this many nodes")
     s.add_argument("--partial", type=int, default=200, help="above --max-dense: lowest and highest M eigenpairs")
-    s.add_argument("--residual", choices=["raw", "normalized"], default="raw",
+    s.add_argument("--residual", default="raw",
                    help="raw: P(S) - T; normalized: P(S)/||P(S)|| - T/||T|| per row (the scale a cosine loss "
-                        "leaves free removed; its squared norm is 2 - 2 cos per row)")
+                        "leaves free removed; its squared norm is 2 - 2 cos per row); raw,normalized: both from "
+                        "one eigendecomposition (files suffixed _raw / _normalized)")
+    s.add_argument("--device", default="cpu", help="where the dense eigendecomposition runs (cpu or cuda)")
     s.add_argument("--out", required=True)
 
     c = sub.add_parser("compare", help="per-user paired tests between two runs or two groups of seeds",

@@ -56,6 +56,21 @@ def cmd_spectrum(a) -> int:
     from ..spectral.analysis import band_losses, eigendecomposition, per_frequency_loss, rayleigh_quotient
     from ..spectral.graphs import build_graph, laplacian, normalize_adjacency
 
+    kinds = [k.strip() for k in str(getattr(a, "residual", "raw") or "raw").split(",") if k.strip()]
+    if kinds == ["both"]:
+        kinds = ["raw", "normalized"]
+    bad = [k for k in kinds if k not in ("raw", "normalized")]
+    if bad or not kinds or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"option '--residual': {getattr(a, 'residual', None)!r}: expected raw, normalized, "
+                          "or both comma-separated (raw,normalized), each once")
+    device = getattr(a, "device", None) or "cpu"
+    if device != "cpu":
+        import torch
+
+        if not (device == "cuda" or device.startswith("cuda:")):
+            raise ConfigError(f"option '--device': {device!r}: expected cpu or cuda[:N]")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"option '--device': {device!r} requested but CUDA is not available")
     teacher = Run(a.teacher)
     ds = teacher.dataset
     students = []
@@ -80,11 +95,10 @@ def cmd_spectrum(a) -> int:
     print(f"{graph} graph over {a.side}s: {n:,} nodes, {A_hat.nnz:,} stored entries; "
           f"{'exact eigendecomposition' if exact else f'lowest and highest {a.partial} eigenpairs'} ...", file=sys.stderr)
     spec = eigendecomposition(A_hat, operator="adjacency", exact=exact, max_dense=a.max_dense,
-                              n_low=a.partial, n_high=a.partial)
+                              n_low=a.partial, n_high=a.partial, device=device)
     lam = np.asarray(spec.lambdas, dtype=np.float64)
     L = laplacian(A_hat)
-    norm = getattr(a, "residual", "raw") == "normalized"
-    what = "||P(S)/|P(S)| - T/|T| ||^2" if norm else "||P(S) - T||^2"
+    L = laplacian(A_hat)
     per_student = {}
     side_idx = 0 if a.side == "user" else 1
 
@@ -97,58 +111,61 @@ def cmd_spectrum(a) -> int:
 
     teacher_rq = own_rq(teacher.model)
     print(f"teacher: Rayleigh quotient of its own {a.side} representation {teacher_rq:.4f}")
-    own = {}
-    for label, name, dist in students:
-        own[label] = own_rq(dist.student)
-        with torch.no_grad():
-            X = dist.residuals(normalize=norm)["user" if a.side == "user" else "item"].cpu().double().numpy()
-        per = np.asarray(per_frequency_loss(spec.U, X), dtype=np.float64)
-        total = float((X ** 2).sum())
-        rq = float(rayleigh_quotient(L, X))
-        per_student[label] = (per, rq, total)
-        if exact:
-            print(f"{label} ({name}): sum of per-frequency losses {per.sum():.6g} = {what} {total:.6g} "
-                  f"(relative difference {abs(per.sum() - total) / max(total, 1e-30):.1e}); Rayleigh quotient {rq:.4f}; "
-                  f"student's own representation {own[label]:.4f}")
-        else:
-            print(f"{label} ({name}): partial spectrum covers {per.sum() / max(total, 1e-30):.1%} of {what}; "
-                  f"Rayleigh quotient {rq:.4f}; student's own representation {own[label]:.4f}")
+    own = {label: own_rq(dist.student) for label, _, dist in students}
     # h(λ)² of each student's filter (1 everywhere for FitNet and fd: every frequency weighted equally)
     h2s = {lab: (np.asarray(d.filt.weights(lam)) if hasattr(d, "filt") else 1.0) * np.ones_like(lam)
            for lab, _, d in students}
     nb = max(1, min(a.bands, len(lam)))
-    bands = None
-    for label, (per, rq, total) in per_student.items():
-        b = band_losses(lam, per, nb)
-        bands = b
-        per_student[label] = (per, rq, total, b)
     out = Path(a.out)
-    # per-band CSV
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    labels = list(per_student)
-    lo, hi = _band_edges(bands)
-    w.writerow(["band", "lambda_lo", "lambda_hi", "n_components"] + [f"h2_mean_{lab}" for lab in labels]
-               + [f"loss_{lab}" for lab in labels])
-    counts = _band_counts(bands)
-    for i in range(len(lo)):
-        sel = (lam >= lo[i]) & (lam <= hi[i])
-        w.writerow([i, f"{lo[i]:.6f}", f"{hi[i]:.6f}", counts[i]]
-                   + [f"{h2s[lab][sel].mean() if sel.any() else float('nan'):.6f}" for lab in labels]
-                   + [f"{_band_values(per_student[lab][3])[i]:.6g}" for lab in labels])
-    write_text(out / f"spectrum_{a.side}.csv", buf.getvalue())
+    labels = [label for label, _, _ in students]
     summary = io.StringIO()
     summary.write("student,method,residual,rayleigh_quotient,total_mse,sum_per_frequency,lowest_band_share,"
                   "student_rayleigh,teacher_rayleigh,exact\n")
-    for label, name, _ in students:
-        per, rq, total, b = per_student[label]
-        low = _band_values(b)[0] / max(per.sum(), 1e-30)
-        summary.write(f"{label},{name},{'normalized' if norm else 'raw'},{rq:.6f},{total:.6g},{per.sum():.6g},"
-                      f"{low:.6f},{own[label]:.6f},{teacher_rq:.6f},{exact}\n")
+    written = []
+    for kind in kinds:
+        norm = kind == "normalized"
+        what = "||P(S)/|P(S)| - T/|T| ||^2" if norm else "||P(S) - T||^2"
+        per_student = {}
+        for label, name, dist in students:
+            with torch.no_grad():
+                X = dist.residuals(normalize=norm)["user" if a.side == "user" else "item"].cpu().double().numpy()
+            per = np.asarray(per_frequency_loss(spec.U, X), dtype=np.float64)
+            total = float((X ** 2).sum())
+            rq = float(rayleigh_quotient(L, X))
+            per_student[label] = (per, rq, total, band_losses(lam, per, nb))
+            tag = f"[{kind}] " if len(kinds) > 1 else ""
+            if exact:
+                print(f"{tag}{label} ({name}): sum of per-frequency losses {per.sum():.6g} = {what} {total:.6g} "
+                      f"(relative difference {abs(per.sum() - total) / max(total, 1e-30):.1e}); Rayleigh quotient {rq:.4f}; "
+                      f"student's own representation {own[label]:.4f}")
+            else:
+                print(f"{tag}{label} ({name}): partial spectrum covers {per.sum() / max(total, 1e-30):.1%} of {what}; "
+                      f"Rayleigh quotient {rq:.4f}; student's own representation {own[label]:.4f}")
+        bands = per_student[labels[-1]][3]
+        # per-band CSV
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        lo, hi = _band_edges(bands)
+        w.writerow(["band", "lambda_lo", "lambda_hi", "n_components"] + [f"h2_mean_{lab}" for lab in labels]
+                   + [f"loss_{lab}" for lab in labels])
+        counts = _band_counts(bands)
+        for i in range(len(lo)):
+            sel = (lam >= lo[i]) & (lam <= hi[i])
+            w.writerow([i, f"{lo[i]:.6f}", f"{hi[i]:.6f}", counts[i]]
+                       + [f"{h2s[lab][sel].mean() if sel.any() else float('nan'):.6f}" for lab in labels]
+                       + [f"{_band_values(per_student[lab][3])[i]:.6g}" for lab in labels])
+        suffix = f"_{kind}" if len(kinds) > 1 else ""
+        write_text(out / f"spectrum_{a.side}{suffix}.csv", buf.getvalue())
+        for label, name, _ in students:
+            per, rq, total, b = per_student[label]
+            low = _band_values(b)[0] / max(per.sum(), 1e-30)
+            summary.write(f"{label},{name},{kind},{rq:.6f},{total:.6g},{per.sum():.6g},"
+                          f"{low:.6f},{own[label]:.6f},{teacher_rq:.6f},{exact}\n")
+        _plot(out / f"spectrum_{a.side}{suffix}.png", lo, hi, labels, [_band_values(per_student[lab][3]) for lab in labels],
+              lam, h2s, a.side, graph, norm)
+        written += [f"spectrum_{a.side}{suffix}.csv", f"spectrum_{a.side}{suffix}.png"]
     write_text(out / f"summary_{a.side}.csv", summary.getvalue())
-    _plot(out / f"spectrum_{a.side}.png", lo, hi, labels, [_band_values(per_student[lab][3]) for lab in labels],
-          lam, h2s, a.side, graph, norm)
-    print(f"wrote {out}/spectrum_{a.side}.csv, summary_{a.side}.csv, spectrum_{a.side}.png")
+    print(f"wrote {out}/" + ", ".join(written + [f"summary_{a.side}.csv"]))
     return 0
 
 
