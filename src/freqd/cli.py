@@ -221,9 +221,16 @@ def cmd_export(a) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from .errors import FreqdError
+def _flush_denormal_wanted(overrides) -> bool:
+    """train.flush_denormal (default true) as the command line's key=value overrides set it."""
+    for kv in overrides or []:
+        k, _, v = kv.partition("=")
+        if k.strip() == "train.flush_denormal":
+            return v.strip().lower() not in ("false", "0", "no", "off")
+    return True
 
+
+def main(argv: Optional[List[str]] = None) -> int:
     import re
 
     ap = build_parser()
@@ -235,6 +242,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error("unrecognized arguments: " + " ".join(rest or kv))
     if kv:
         a.overrides = list(a.overrides or []) + kv
+    flush = a.cmd in ("train", "distill", "bench", "demo") and _flush_denormal_wanted(getattr(a, "overrides", None))
+    if flush:
+        # before torch starts its intra-op threads, so that they inherit the mode (the
+        # trainer sets it again for its own thread; freqd.utils.numerics)
+        from .utils.numerics import flush_denormal
+
+        with flush_denormal():
+            return _dispatch(a)
+    return _dispatch(a)
+
+
+def _dispatch(a) -> int:
+    from .errors import FreqdError
+
     try:
         if a.cmd == "data":
             return cmd_data(a)

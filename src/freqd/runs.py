@@ -253,7 +253,7 @@ def same_config(a: dict, b: dict) -> bool:
 
 #: train settings that do not change a run's identity (a run may be resumed under new values)
 IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit", "epochs", "checkpoint_interval",
-                 "keep_freed_memory", "loggers")
+                 "keep_freed_memory", "loggers", "flush_denormal")
 
 
 def extendable(old_cfg: dict, metrics: dict, new_cfg: dict) -> bool:

@@ -39,6 +39,12 @@ class TrainConfig:
     #: CPU: keep freed memory in the process heap instead of returning every large block to
     #: the system (glibc mallopt; measured: FreqD step 1.6x, BPR-MF 400 step 2.2x faster, peak
     #: RSS 7-30% higher; see freqd.utils.memory). Changes no number a run computes.
+    flush_denormal: bool = True
+    #: CPU: flush subnormal floats (|x| < 1.2e-38 in float32) to zero during training
+    #: (torch.set_flush_denormal). Adam's first moments of projector weights that get
+    #: (almost) no gradient decay into that range, and CPU arithmetic on subnormal operands
+    #: is slow: an fd step with a 2000-d LightGCN teacher went from 1.2 s to 23 s per batch
+    #: at epoch 32 (docs/RESULTS.md, session 12). Changes only values below 1.2e-38.
 
     def __post_init__(self):
         check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")

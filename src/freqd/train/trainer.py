@@ -28,6 +28,7 @@ from ..data.dataset import Dataset
 from ..errors import CheckpointError, FreqdError
 from ..models.base import Recommender
 from ..utils.atomic import torch_save, write_json, write_text
+from ..utils.numerics import flush_denormal
 from .config import TrainConfig
 from .distributed import SparseGradientReducer, rank_seed, wrap_ddp
 from .distributed import context as dist_context
@@ -331,8 +332,10 @@ class Trainer:
             self.distiller.train()
         for lg in self.loggers:
             lg.start(self.out_dir, self.run_config, self.epoch)
+        flush = cfg.flush_denormal and self.device.type == "cpu"
         try:
-            metrics = self._fit_epochs()
+            with flush_denormal(flush):
+                metrics = self._fit_epochs()
         except BaseException:
             self._close_loggers(failed=True)
             raise
