@@ -15,6 +15,11 @@ step's dropped graph) against fd's batch rows and the full tables: the ratios fo
 
     python benchmarks/bench_freqd.py --dataset citeulike-t --steps 5
     python benchmarks/bench_freqd.py --dataset gowalla --steps 3 --teacher-dim 300
+    python benchmarks/bench_freqd.py --teacher-dim 2000 --skip-full --filters linear --precision fp32,bf16
+
+``--precision fp32,bf16`` also times every variant with the step's forward under bfloat16
+autocast (``train.precision=bf16``) and prints the bf16/fp32 ratios and how far the bf16
+loss is from the fp32 loss on the same batch and dropout masks.
 
 ``benchmarks/bench_heap.py`` runs this script with ``--heap system`` and ``--heap keep`` in
 separate processes and prints the ratio.
@@ -44,7 +49,12 @@ def main() -> None:
     ap.add_argument("--heap", choices=["keep", "system"], default="keep",
                     help="keep: freed memory stays in the heap, as in training (train.keep_freed_memory, "
                          "the default); system: glibc's default (large blocks mapped afresh each time)")
+    ap.add_argument("--precision", default="fp32",
+                    help="comma list of fp32, bf16 (train.precision): each variant is timed under each")
     a = ap.parse_args()
+    precs = [p for p in a.precision.split(",") if p]
+    if not precs or any(p not in ("fp32", "bf16") for p in precs):
+        ap.error(f"--precision: expected a comma list of fp32, bf16, got {a.precision!r}")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.heap == "keep":
@@ -96,7 +106,9 @@ def main() -> None:
                 f"neighbourhood rows (fd: {batch_rows:,.0f} batch rows, {loc_rows / batch_rows:.2f}x; "
                 f"full table: {full_rows:,}, {full_rows / loc_rows:.2f}x)")
 
-    def time_variant(method: str, **over) -> tuple[float, float]:
+    first_loss: dict = {}  # (variant, precision) -> loss of the first (warm-up) step
+
+    def time_variant(method: str, prec: str = "fp32", **over) -> tuple[float, float]:
         torch.manual_seed(1)
         student = build_backbone("mf", ds.n_users, ds.n_items, {"dim": a.student_dim}, ds.train).to(dev)
         dist = build_distiller(method, teacher, student, ds, dict(over)).to(dev)
@@ -110,8 +122,12 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0, c0 = time.perf_counter(), time.process_time()
-            reps = student.propagate()
-            loss = student.loss(b, reps)["loss"] + dist.cfg.weight * dist.loss(b, reps)["loss"]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
+                reps = student.propagate()
+                loss = student.loss(b, reps)["loss"] + dist.cfg.weight * dist.loss(b, reps)["loss"]
+            loss = loss.float()
+            if i == 0:
+                first_loss[(method, prec, tuple(sorted(over.items())))] = float(loss.detach())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -120,8 +136,9 @@ def main() -> None:
             if i > 0:
                 times.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
-        cpu[(method, tuple(sorted(over.items())))] = statistics.median(cpus)
-        dists[(method, tuple(sorted(over.items())))] = dist
+        if prec == "fp32":
+            cpu[(method, tuple(sorted(over.items())))] = statistics.median(cpus)
+            dists[(method, tuple(sorted(over.items())))] = dist
         return statistics.median(times), prep
 
     rows = []
@@ -140,6 +157,18 @@ def main() -> None:
                  f"(graph build/load {prep:.2f} s)")
         print(line)
         print(neighbourhoods(dists[("freqd", (("filter", filt), ("path", "local")))]))
+    if "bf16" in precs:
+        print("\nbf16 autocast (train.precision=bf16) against fp32, same batches and dropout masks:")
+        for method, over, label in [("fd", {}, "fd")] + [
+                ("freqd", {"filter": f, "path": "local"}, f"freqd {f}, batch-local")
+                for f in a.filters.split(",") if f]:
+            t32 = dict(rows)[label if method == "freqd" else "fd (H = I)"]
+            t16, _ = time_variant(method, "bf16", **over)
+            rows.append((f"{label}, bf16", t16))
+            key = tuple(sorted(over.items()))
+            l32, l16 = first_loss[(method, "fp32", key)], first_loss[(method, "bf16", key)]
+            print(f"  {label}: fp32 {t32:.3f} s/step, bf16 {t16:.3f} s/step: x{t32 / t16:.2f}; "
+                  f"first-step loss {l32:.6g} vs {l16:.6g} (relative difference {abs(l16 - l32) / abs(l32):.1e})")
     print("\n| variant | s/step | s/epoch (x%d steps) |\n|---|---|---|" % n_batches)
     for name, t in rows:
         print(f"| {name} | {t:.4f} | {t * n_batches:.1f} |")

@@ -14,7 +14,7 @@ def test_bench_freqd_prints_ratios_and_neighbourhood_sizes(shared_data, tmp_path
     env = dict(os.environ, FREQD_DATA_DIR=str(shared_data), FREQD_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_freqd.py"), "--dataset", "tiny", "--teacher-dim", "16",
-         "--steps", "1", "--threads", "1", "--filters", "linear"],
+         "--steps", "1", "--threads", "1", "--filters", "linear", "--precision", "fp32,bf16"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -24,3 +24,8 @@ def test_bench_freqd_prints_ratios_and_neighbourhood_sizes(shared_data, tmp_path
     users, users_nbr, pos, pos_nbr = map(int, m.groups())
     assert users <= users_nbr <= 241 and pos <= pos_nbr <= 979  # a neighbourhood holds its rows
     assert "| freqd linear, full-table reference |" in out.stdout
+    m = re.search(r"freqd linear, batch-local: fp32 [\d.]+ s/step, bf16 [\d.]+ s/step: x[\d.]+; first-step loss "
+                  r"([\d.e+-]+) vs ([\d.e+-]+) \(relative difference", out.stdout)
+    assert m, out.stdout
+    l32, l16 = map(float, m.groups())
+    assert l32 > 0 and abs(l16 - l32) <= 2e-2 * l32  # same batch and masks: bf16 rounding only

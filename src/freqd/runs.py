@@ -247,13 +247,25 @@ def write_run_config(run_dir: Path, cfg: dict) -> None:
 
 def same_config(a: dict, b: dict) -> bool:
     strip = lambda c: {k: v for k, v in c.items() if k not in ("train",)} | {  # noqa: E731
-        "train": {k: v for k, v in c.get("train", {}).items() if k not in IGNORED_TRAIN}}
+        "train": identity_train(c.get("train", {}))}
     return strip(copy.deepcopy(a)) == strip(copy.deepcopy(b))
+
+
+def identity_train(train: dict) -> dict:
+    """The train settings that make a run's identity: without :data:`IGNORED_TRAIN`, and
+    without settings added after runs existed when they hold their default (so that a
+    run's identity, and its bench hash, do not change when a new option appears)."""
+    return {k: v for k, v in train.items()
+            if k not in IGNORED_TRAIN and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
 
 
 #: train settings that do not change a run's identity (a run may be resumed under new values)
 IGNORED_TRAIN = ("device", "progress", "threads", "eval_chunk", "time_limit", "epochs", "checkpoint_interval",
                  "keep_freed_memory", "loggers", "flush_denormal")
+
+#: train settings that change results but, at these values, are what every run did before
+#: they existed: left out of a run's identity at these values only
+NEUTRAL_DEFAULTS = {"precision": "fp32"}
 
 
 def extendable(old_cfg: dict, metrics: dict, new_cfg: dict) -> bool:

@@ -59,11 +59,10 @@ class RunSpec:
 def config_hash(cfg: dict) -> str:
     """Hash of a resolved config, ignoring settings that do not change results."""
     c = json.loads(json.dumps(cfg, default=str))
-    tr = c.get("train", {})
-    from ..runs import IGNORED_TRAIN
+    from ..runs import identity_train
 
-    for k in IGNORED_TRAIN:
-        tr.pop(k, None)
+    if "train" in c:
+        c["train"] = identity_train(c["train"])
     c.pop("data_dir", None)
     if "teacher" in c:  # identify the teacher by its own hash (its folder name), not its path
         c["teacher"] = Path(c["teacher"]).name

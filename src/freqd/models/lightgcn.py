@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..config import check
+from ..utils.numerics import sparse_mm
 from .base import Recommender, Reps
 from .mf import bpr_loss
 
@@ -110,12 +111,12 @@ class _SymSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, x: Tensor) -> Tensor:
         ctx.a = a
-        return torch.sparse.mm(a, x)
+        return sparse_mm(a, x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        return None, torch.sparse.mm(ctx.a, grad.contiguous())
+        return None, sparse_mm(ctx.a, grad.contiguous())
 
 
 def sym_spmm(a: Tensor, x: Tensor) -> Tensor:

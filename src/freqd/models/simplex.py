@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import check
+from ..utils.numerics import sparse_mm
 from .base import Recommender, Reps
 from .lightgcn import csr_buffer, register_csr
 
@@ -136,7 +137,7 @@ class SimpleX(Recommender):
 
     def propagate(self) -> Reps:
         """(user tower output [n_users, d], item table [n_items, d])."""
-        h = torch.sparse.mm(csr_buffer(self, "history"), self.item_emb.weight)
+        h = sparse_mm(csr_buffer(self, "history"), self.item_emb.weight)
         return self._fuse(self.user_emb.weight, h), self.item_emb.weight
 
     def padded_history(self) -> tuple[Tensor, Tensor]:

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.numerics import sparse_mm, sparse_operand
+
 from ..errors import ConfigError
 
 __all__ = [
@@ -491,8 +493,9 @@ def full_filter(ops: Any, filt: PolyFilter, X: Tensor) -> Tensor:
             op = hops[t]
             t += 1
             coo = op.coo()
+            y = sparse_operand(y)
             if coo.device != y.device or coo.dtype != y.dtype:
                 coo = coo.to(device=y.device, dtype=y.dtype)
-            prod = torch.sparse.mm(coo, y)
+            prod = sparse_mm(coo, y)
             y = prod + x_in * f[j] if f[j] != 0.0 else prod
     return y

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..utils.numerics import sparse_mm, sparse_operand
 from .filters import PolyFilter, SparseOp, _hop_list
 
 __all__ = ["LocalFilterPlan", "local_filter", "local_filter_plan"]
@@ -73,11 +74,11 @@ class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op: Tensor, op_t: Tensor, y: Tensor) -> Tensor:
         ctx.op_t = op_t
-        return torch.sparse.mm(op, y)
+        return sparse_mm(op, y)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        return None, None, torch.sparse.mm(ctx.op_t, g.contiguous())
+        return None, None, sparse_mm(ctx.op_t, g.contiguous())
 
 
 @dataclass
@@ -90,6 +91,7 @@ class _Hop:
     _csr: dict = field(default_factory=dict, repr=False)  # (device, dtype) -> (op, op.T) as CSR
 
     def mm(self, y: Tensor) -> Tensor:
+        y = sparse_operand(y)
         key = (y.device, y.dtype)
         pair = self._csr.get(key)
         if pair is None:

@@ -45,6 +45,15 @@ class TrainConfig:
     #: (almost) no gradient decay into that range, and CPU arithmetic on subnormal operands
     #: is slow: an fd step with a 2000-d LightGCN teacher went from 1.2 s to 23 s per batch
     #: at epoch 32 (docs/RESULTS.md, session 12). Changes only values below 1.2e-38.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    #: "bf16": the training step's forward pass runs under torch.autocast with bfloat16,
+    #: so its dense matrix products (and theirs in the backward pass) run in bfloat16 with
+    #: float32 accumulation; parameters, gradients, Adam's state, sparse (graph) products,
+    #: the negative sampling and every evaluation stay float32. Worth it where large dense
+    #: products dominate the step (feature KD into a 2000-d teacher space: the projectors'
+    #: d_T x d_T layers) on hardware with fast bfloat16 (GPUs from Ampere on, CPUs with AMX
+    #: or AVX512-BF16); it changes the numbers (bfloat16 keeps 8 bits of mantissa), so it
+    #: is part of a run's identity (benchmarks/bench_freqd.py --precision bf16 measures it).
 
     def __post_init__(self):
         check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
@@ -68,6 +77,8 @@ class TrainConfig:
         check(self.threads is None or self.threads >= 1, "train.threads", "must be >= 1")
         check(self.checkpoint_interval is None or self.checkpoint_interval >= 0, "train.checkpoint_interval",
               "must be >= 0 seconds (or null for auto)")
+        check(self.precision in ("fp32", "bf16"), "train.precision",
+              f"expected fp32 or bf16, got {self.precision!r}")
         if self.optimizer == "sparse_adam":
             check(self.weight_decay == 0, "train.optimizer",
                   "sparse_adam applies no weight decay: set train.weight_decay=0 explicitly")

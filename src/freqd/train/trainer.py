@@ -432,7 +432,12 @@ class Trainer:
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """One optimisation step; returns the loss parts as detached 0-dim tensors (on the
         model's device: no host synchronisation per step)."""
-        total, parts = self._forward(batch)
+        if self.cfg.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                total, parts = self._forward(batch)
+            total = total.float()
+        else:
+            total, parts = self._forward(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self._sparse_reducer is not None:

@@ -41,3 +41,27 @@ def flush_denormal(enabled: bool = True) -> Iterator[bool]:
         yield bool(enabled and supported)
     finally:
         torch.set_flush_denormal(before)
+
+
+def sparse_mm(a, y):
+    """``torch.sparse.mm(a, y)`` for a float32 sparse ``a``, in float32 whatever autocast
+    is doing: under ``train.precision=bf16`` autocast would cast both operands to bfloat16,
+    which torch's sparse CSR/COO kernels do not take on the CPU. Half-precision ``y`` is
+    promoted; the graph products are a small share of a step, so they stay in float32."""
+    import torch
+
+    if y.dtype in (torch.bfloat16, torch.float16):
+        y = y.float()
+    dev = y.device.type
+    if torch.is_autocast_enabled(dev):
+        with torch.autocast(dev, enabled=False):
+            return torch.sparse.mm(a, y)
+    return torch.sparse.mm(a, y)
+
+
+def sparse_operand(y):
+    """``y`` promoted to float32 if it is half precision (the dense operand of a sparse
+    product; see :func:`sparse_mm`)."""
+    import torch
+
+    return y.float() if y.dtype in (torch.bfloat16, torch.float16) else y
