@@ -10,7 +10,7 @@ done
 if [ -d "$src/runs" ]; then
   for d in "$src"/runs/*/; do
     n=$(basename "$d"); mkdir -p "$dst/runs/$n"
-    for f in "$d"/config.yaml "$d"/metrics.json "$d"/metrics_*.json "$d"/history.csv; do [ -f "$f" ] && cp "$f" "$dst/runs/$n/"; done
+    for f in "$d"/config.yaml "$d"/metrics.json "$d"/metrics_*.json "$d"/users_*.npz "$d"/history.csv; do [ -f "$f" ] && cp "$f" "$dst/runs/$n/"; done
   done
 fi
 echo "collected $src -> $dst"

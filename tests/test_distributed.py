@@ -187,7 +187,8 @@ def test_only_rank_zero_writes(runs):
     assert proc.stderr.count("gradients: sparse all-gather\n") == 1, proc.stderr[-3000:]
     assert "rank 1" not in log
     assert sorted(p.name for p in (root / "ddp").iterdir() if not p.name.startswith(".")) == \
-        ["best.pt", "checkpoint.pt", "config.yaml", "history.csv", "metrics.json", "train.log"]
+        ["best.pt", "checkpoint.pt", "config.yaml", "history.csv", "metrics.json", "train.log",
+         "users_test_standard.npz"]
 
 
 def test_two_process_resume_is_exact(runs):

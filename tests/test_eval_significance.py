@@ -157,9 +157,72 @@ def test_compare_refuses_missing_runs_and_a_run_in_both_groups(runs, capsys, tmp
     no_model = tmp_path / "restored"
     shutil.copytree(root / "mf4", no_model)
     (no_model / "best.pt").unlink()  # result files only, as restored from docs/results
+    (no_model / "users_test_standard.npz").unlink()
     assert main(["compare", "--a", str(root / "mf8-s0"), "--b", str(no_model)]) != 0
     err = capsys.readouterr().err
     assert "option '--b'" in err and "best.pt" in err and "need each run's best model" in err
+
+
+def test_finished_runs_keep_per_user_values_and_compare_needs_no_checkpoint(runs, capsys, tmp_path):
+    """A finished run writes users_test_<protocol>.npz (recall and ndcg at its ks, per user)
+    whose means are metrics.json's test numbers; compare reads it where the checkpoint is
+    gone (a run restored from docs/results) and gives the same table; it is not used once
+    the run has changed (other best epoch) or when it lacks a metric asked for."""
+    import shutil
+
+    from freqd.eval.user_values import load_user_values, run_tag, save_user_values, user_values_path
+
+    root = runs
+    run = api.Run(root / "mf4")
+    path = user_values_path(run.dir, "test", "standard")
+    assert path.is_file()
+    ks = run.config["train"]["ks"]
+    keys = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
+    tag = run_tag(run.metrics, run.dataset.fingerprint())
+    users, vals = load_user_values(run.dir, "test", "standard", keys, tag)
+    # the slow path: the checkpoint's per-user values
+    u_ref, v_ref, k_ref = run.evaluate_per_user(split="test")
+    assert users.tolist() == u_ref.tolist()
+    np.testing.assert_allclose(vals, v_ref[:, [k_ref.index(k) for k in keys]].numpy(), atol=1e-12)
+    for j, k in enumerate(keys):
+        assert vals[:, j].mean() == pytest.approx(run.metrics["test"][k], abs=1e-6)
+    assert load_user_values(run.dir, "test", "standard", ["precision@5"], tag) is None  # not kept
+    assert load_user_values(run.dir, "test", "standard", keys, dict(tag, best_epoch=tag["best_epoch"] + 1)) is None
+    assert load_user_values(run.dir, "test", "paper", keys, tag) is None
+
+    args = ["compare", "--a", str(root / "mf8-s0"), "--b"]
+    assert main(args + [str(root / "mf4")]) == 0
+    with_model = capsys.readouterr().out
+    restored = tmp_path / "restored"
+    shutil.copytree(root / "mf4", restored)
+    (restored / "best.pt").unlink()
+    (restored / "checkpoint.pt").unlink(missing_ok=True)
+    assert main(args + [str(restored)]) == 0
+    assert capsys.readouterr().out.replace(str(restored), str(root / "mf4")) == with_model
+    # a metric the file lacks needs the model
+    assert main(args + [str(restored), "--metrics", "precision@5"]) != 0
+    assert "users_<split>_<protocol>.npz" in capsys.readouterr().err
+    # an extended run (other best epoch in metrics.json) does not reuse the stale values
+    m = json.loads((restored / "metrics.json").read_text())
+    m["epochs_run"] += 1
+    (restored / "metrics.json").write_text(json.dumps(m))
+    assert main(args + [str(restored)]) != 0
+    capsys.readouterr()
+    # a truncated file counts as absent
+    path2 = restored / "users_test_standard.npz"
+    path2.write_bytes(path2.read_bytes()[:50])
+    assert load_user_values(restored, "test", "standard", keys, run_tag(m, run.dataset.fingerprint())) is None
+
+    # computed values are written back, merged with the kept metrics of the same state
+    other = tmp_path / "other"
+    shutil.copytree(root / "mf4", other)
+    assert main(["compare", "--a", str(root / "mf8-s0"), "--b", str(other), "--metrics", "precision@5"]) == 0
+    capsys.readouterr()
+    both = load_user_values(other, "test", "standard", ["precision@5"] + keys, tag)
+    assert both is not None and both[1].shape == (len(users), 1 + len(keys))
+    np.testing.assert_allclose(both[1][:, 1:], vals)
+    with pytest.raises(ValueError, match="do not match"):
+        save_user_values(other, "test", "standard", users, vals[:, :1], keys, tag)
 
 
 def test_compare_refuses_runs_on_other_data(runs, capsys, tmp_path):

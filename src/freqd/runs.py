@@ -8,6 +8,7 @@ A run directory holds::
     history.csv     per-epoch loss, validation metrics and timings
     train.log       the log
     metrics.json    protocol, best_epoch, epochs_run, seconds_per_epoch, eval_seconds, valid, test
+    users_test_<protocol>.npz   the best model's per-user test recall/ndcg (freqd.eval.user_values)
 """
 from __future__ import annotations
 

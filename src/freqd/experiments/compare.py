@@ -54,16 +54,28 @@ def make_evaluator(dataset, protocol: str, names: Sequence[str], ks: Sequence[in
 
 
 def run_values(run_dir, ev, split: str, keys: Sequence[str]):
-    """One run's best model under evaluator ``ev``: ``(users, values [n_users, len(keys)])``."""
+    """One run's best model under evaluator ``ev``: ``(users, values [n_users, len(keys)])``.
+
+    Read from the run's ``users_<split>_<protocol>.npz`` while it is up to date (see
+    :mod:`freqd.eval.user_values`; it needs no checkpoint), else computed from the best
+    model and written there for the next time."""
     import torch
 
     from ..api import Run
+    from ..eval.user_values import load_user_values, run_tag, save_user_values
 
-    m = Run(run_dir, dataset=ev.dataset, device=str(ev.device)).model
+    run = Run(run_dir, dataset=ev.dataset, device=str(ev.device))
+    tag = run_tag(run.metrics, ev.dataset.fingerprint())
+    hit = load_user_values(run_dir, split, ev.protocol, keys, tag)
+    if hit is not None:
+        return hit
+    m = run.model
     with torch.no_grad():
         reps = m.propagate()
         u, vals, all_keys = ev.per_user(lambda q: m.score(q, reps), split)
-    return u.numpy(), vals[:, [all_keys.index(k) for k in keys]].numpy()
+    u, v = u.numpy(), vals[:, [all_keys.index(k) for k in keys]].numpy()
+    save_user_values(run_dir, split, ev.protocol, u, v, keys, tag)
+    return u, v
 
 
 def group_values(run_dirs: Sequence[str], ev, split: str, keys: Sequence[str], cache: Optional[dict] = None):
@@ -112,7 +124,8 @@ def bench_user_tests(rows: List[dict], label: str, protocol: str, split: str = "
             _, va = group_values([by[label][s] for s in seeds], ev, split, keys, cache=cache)
             _, vb = group_values([by[other][s] for s in seeds], ev, split, keys, cache=cache)
         except CheckpointError as e:
-            raise FreqdError(f"option '--user-tests': per-user tests need each run's best model: {e}") from None
+            raise FreqdError(f"option '--user-tests': per-user tests need each run's best model "
+                             f"or an up-to-date users_{split}_{protocol}.npz: {e}") from None
         parts.append(f"\n### {label} vs {other} (seeds {', '.join(map(str, seeds))})\n\n")
         parts.append(render(paired_user_tests(va, vb, keys), label, other))
     return "".join(parts)
@@ -182,7 +195,8 @@ def cmd_compare(a) -> int:
         try:
             vals[opt] = group_values(dirs, ev, a.split, keys)
         except CheckpointError as e:
-            raise CheckpointError(f"option '{opt}': {e} (per-user tests need each run's best model)") from None
+            raise CheckpointError(f"option '{opt}': {e} (per-user tests need each run's best model "
+                                  f"or an up-to-date users_<split>_<protocol>.npz)") from None
     (users_a, va), (_, vb) = vals["--a"], vals["--b"]
     rows = paired_user_tests(va, vb, keys)
 

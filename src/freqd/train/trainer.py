@@ -471,6 +471,22 @@ class Trainer:
         if self.out_dir is not None:
             write_text(self.out_dir / "history.csv", self.history.csv())
 
+    def _write_user_values(self, metrics: dict) -> None:
+        """The best model's per-user test metrics (``users_test_<protocol>.npz``, see
+        :mod:`freqd.eval.user_values`), so that per-user tests need no checkpoint."""
+        from ..eval.evaluator import Evaluator
+        from ..eval.user_values import KEPT_METRICS, run_tag, save_user_values
+
+        ev = Evaluator(self.dataset, protocol=self.cfg.protocol, ks=self.cfg.ks, metrics=KEPT_METRICS,
+                       chunk_size=self.cfg.eval_chunk, device=self.device)
+        self.model.eval()
+        with torch.no_grad():
+            reps = self.model.propagate()
+            users, values, keys = ev.per_user(lambda u: self.model.score(u, reps), "test")
+        self.model.train()
+        save_user_values(self.out_dir, "test", self.cfg.protocol, users.numpy(), values.numpy(), keys,
+                         run_tag(metrics, self.dataset.fingerprint()))
+
     def finish(self) -> dict:
         """Load the best model, evaluate it on test, write metrics.json."""
         if not self.dist.is_main:  # rank 0 does this; the others get its metrics
@@ -502,6 +518,7 @@ class Trainer:
         metrics.update(self.extra_metrics)
         if self.out_dir is not None:
             write_json(self.out_dir / "metrics.json", metrics)
+            self._write_user_values(metrics)
             for lg in self.loggers:
                 lg.finish(metrics)
             if self.cfg.save_every:
